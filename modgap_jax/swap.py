@@ -1,0 +1,129 @@
+"""Modality swapping: hard and soft exchange of feature entries between modalities (SPEC §4.2).
+
+Both swaps act on the [n, d] feature matrices H_X (images) and H_Y (texts) of one step:
+
+- **hard**: each entry (i, j) is exchanged between H_X and H_Y with probability 0.5;
+- **soft**: with Λ_ij ~ U[0, 1], H_X ← Λ⊙H_X + (1−Λ)⊙H_Y and H_Y ← Λ⊙H_Y + (1−Λ)⊙H_X.
+
+A step swaps at all with probability p: one Bernoulli draw per call, so "a p-fraction of
+steps" means each step independently [C]. The swap acts on the features as given, which the
+trainer passes L2-normalised, and by default re-normalises the rows afterwards [C: after
+normalisation, then re-normalise]. Under pmap each device swaps its local rows with its own
+key [C].
+
+Every function is pure and jittable: the per-call decision is a traced boolean fed to
+``lax.cond``, never a Python branch. Gradients flow through the swapped features, which the
+loss uses, and through Λ's convex combination.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from modgap_jax import errors
+
+SWAP_METHODS = ("none", "hard", "soft")
+
+# Squared-norm floor for re-normalisation: keeps an all-zero row (impossible for unit inputs,
+# but cheap to guard) finite in both the value and the gradient.
+_NORM_EPS_SQ = 1e-24
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+  """Scales each row to unit L2 norm: x / ‖x‖, keeping x's dtype."""
+  # The reduction runs in float32 at least, so bfloat16 features lose no accuracy in the norm.
+  acc = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  inv = lax.rsqrt(jnp.maximum(jnp.sum(acc * acc, axis=-1, keepdims=True), _NORM_EPS_SQ))
+  return (acc * inv).astype(x.dtype)
+
+
+def _check_p(p) -> None:
+  # A traced p (e.g. from a schedule) cannot be checked here; concrete ones can.
+  if isinstance(p, numbers.Real):
+    errors.check_range("swap.p", float(p), 0.0, 1.0)
+
+
+def _maybe_swap(key, image_emb, text_emb, p, swap_fn, renormalize):
+  """Applies ``swap_fn(key, H_X, H_Y)`` with probability p (one draw), else the identity."""
+  decide_key, swap_key = jax.random.split(key)
+  do_swap = jax.random.bernoulli(decide_key, p)
+
+  def swapped(operands):
+    x, y = operands
+    new_x, new_y = swap_fn(swap_key, x, y)
+    if renormalize:
+      new_x, new_y = l2_normalize(new_x), l2_normalize(new_y)
+    return new_x.astype(x.dtype), new_y.astype(y.dtype)
+
+  # lax.cond, not jnp.where: most steps do not swap (p ~ 1e-3), and the untaken branch is
+  # then never computed on one device. The identity branch returns the inputs bit-for-bit,
+  # so p = 0 is exactly the identity even with re-normalisation on.
+  return lax.cond(do_swap, swapped, lambda operands: operands, (image_emb, text_emb))
+
+
+def _hard_exchange(key, x, y):
+  exchange = jax.random.bernoulli(key, 0.5, shape=jnp.broadcast_shapes(x.shape, y.shape))
+  return jnp.where(exchange, y, x), jnp.where(exchange, x, y)
+
+
+def _soft_mix(key, x, y):
+  dtype = jnp.result_type(x, y)
+  lam = jax.random.uniform(key, jnp.broadcast_shapes(x.shape, y.shape), dtype=dtype)
+  # Both right-hand sides use the original x and y (SPEC §4.2), not the updated H_X.
+  return lam * x + (1 - lam) * y, lam * y + (1 - lam) * x
+
+
+def hard_swap(key: jax.Array, image_emb: jax.Array, text_emb: jax.Array, p,
+              *, renormalize: bool = True) -> tuple[jax.Array, jax.Array]:
+  """Hard swap (SPEC §4.2 HS): with probability p, exchange each entry w.p. 0.5.
+
+  Args:
+    key: a ``jax.random`` key; one Bernoulli(p) draw decides the step, a second key the mask.
+    image_emb: H_X, [n, d].
+    text_emb: H_Y, [n, d].
+    p: the probability that this call swaps at all, in [0, 1].
+    renormalize: re-normalise the rows to the unit sphere after a swap.
+
+  Returns:
+    The (possibly) swapped ``(image_emb, text_emb)``, in the input dtypes.
+  """
+  _check_p(p)
+  return _maybe_swap(key, image_emb, text_emb, p, _hard_exchange, renormalize)
+
+
+def soft_swap(key: jax.Array, image_emb: jax.Array, text_emb: jax.Array, p,
+              *, renormalize: bool = True) -> tuple[jax.Array, jax.Array]:
+  """Soft swap (SPEC §4.2 SS): with probability p, H_X ← Λ⊙H_X + (1−Λ)⊙H_Y and symmetrically.
+
+  Λ_ij ~ U[0, 1] elementwise; H_Y ← Λ⊙H_Y + (1−Λ)⊙H_X uses the same Λ and the original H_X.
+
+  Args:
+    key: a ``jax.random`` key; one Bernoulli(p) draw decides the step, a second key Λ.
+    image_emb: H_X, [n, d].
+    text_emb: H_Y, [n, d].
+    p: the probability that this call swaps at all, in [0, 1].
+    renormalize: re-normalise the rows to the unit sphere after a swap.
+
+  Returns:
+    The (possibly) mixed ``(image_emb, text_emb)``, in the input dtypes.
+  """
+  _check_p(p)
+  return _maybe_swap(key, image_emb, text_emb, p, _soft_mix, renormalize)
+
+
+def apply(key: jax.Array, image_emb: jax.Array, text_emb: jax.Array, method: str, p,
+          renormalize: bool = True) -> tuple[jax.Array, jax.Array]:
+  """Dispatches to the swap named by ``method`` ∈ SWAP_METHODS; 'none' is the identity.
+
+  Raises:
+    ConfigError: ``method`` is unknown or a concrete ``p`` lies outside [0, 1].
+  """
+  errors.check_choice("swap.method", method, SWAP_METHODS)
+  if method == "none":
+    return image_emb, text_emb
+  fn = hard_swap if method == "hard" else soft_swap
+  return fn(key, image_emb, text_emb, p, renormalize=renormalize)
