@@ -45,9 +45,10 @@ class ClipLossStats(NamedTuple):
 
 
 def _scaled_similarity(rows: jax.Array, columns: jax.Array, beta: jax.Array) -> jax.Array:
-  """β · rows @ columnsᵀ, accumulated and returned in float32 whatever the input dtype."""
-  sim = jnp.einsum("md,nd->mn", rows, columns, preferred_element_type=jnp.float32)
-  return jnp.asarray(beta, jnp.float32) * sim
+  """β · rows @ columnsᵀ, accumulated in at least float32 (bf16 inputs are promoted)."""
+  dtype = jnp.promote_types(rows.dtype, jnp.float32)
+  sim = jnp.einsum("md,nd->mn", rows, columns, preferred_element_type=dtype)
+  return jnp.asarray(beta, dtype) * sim
 
 
 def _block_sums(logits: jax.Array, offset: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

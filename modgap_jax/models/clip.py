@@ -1,0 +1,182 @@
+"""The two-tower CLIP model, its config factory and small configs.
+
+Parameter tree::
+
+    {'image': <tower>, 'text': <TextTransformer>, 'temperature': {'nu': float32 scalar}}
+
+plus, for ``resnet.norm='batch'``, a ``batch_stats`` collection under ``'image'``.
+
+ν lives in the tree so checkpoints have the same shape in every temperature mode (DESIGN.md),
+but the forward pass never reads it: the trainer computes β(ν) from ``params['temperature']
+['nu']`` itself (SPEC §1), and the optimizer decides whether ν learns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from modgap_jax.errors import ConfigError, check_choice
+from modgap_jax.models.resnet import NORMS, ModifiedResNet, feature_map_size
+from modgap_jax.models.text import TextTransformer
+from modgap_jax.models.vit import VisionTransformer
+
+IMAGE_TOWERS = ('resnet', 'vit')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """x / ‖x‖ along the last axis, in float32; ``eps`` keeps an all-zero row finite."""
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
+
+
+class Temperature(nn.Module):
+  """Holds the scalar ν of β(ν) (SPEC §1) as float32 param 'nu'."""
+
+  nu_init: float
+
+  @nn.compact
+  def __call__(self) -> jax.Array:
+    return self.param('nu', lambda _: jnp.asarray(self.nu_init, jnp.float32))
+
+
+class CLIP(nn.Module):
+  """Image and text towers mapping into one unit sphere.
+
+  Attributes:
+    image: image tower, called as ``image(images, train=...)`` → [n, embed_dim].
+    text: text tower, called as ``text(tokens)`` → [n, embed_dim].
+    nu_init: initial value of ``params['temperature']['nu']``.
+  """
+
+  image: nn.Module
+  text: nn.Module
+  nu_init: float
+
+  def setup(self):
+    self.temperature = Temperature(self.nu_init)
+
+  def encode_image(self, images: jax.Array, train: bool = False) -> jax.Array:
+    """Images [n, S, S, C] → L2-normalised float32 embeddings [n, embed_dim]."""
+    return l2_normalize(self.image(images, train=train))
+
+  def encode_text(self, tokens: jax.Array) -> jax.Array:
+    """Int tokens [n, L] → L2-normalised float32 embeddings [n, embed_dim]."""
+    return l2_normalize(self.text(tokens))
+
+  def __call__(self, images: jax.Array, tokens: jax.Array,
+               train: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Returns ``(image_emb, text_emb)``, both L2-normalised float32 [n, embed_dim]."""
+    # Touch ν so that `init` through __call__ creates it; its value is not used here.
+    self.temperature()
+    return self.encode_image(images, train=train), self.encode_text(tokens)
+
+
+def _positive_int(field: str, value: Any) -> int:
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ConfigError(f'{field}={value!r} is not valid; it must be a positive integer')
+  return value
+
+
+def _divisible(width_field: str, width: int, heads_field: str, heads: int) -> None:
+  if width % heads:
+    raise ConfigError(f'{heads_field}={heads} must divide {width_field}={width}')
+
+
+def create_model(model_cfg: ml_collections.ConfigDict, nu_init: float) -> CLIP:
+  """Builds a :class:`CLIP` from a model config; raises ConfigError on a bad field.
+
+  Fields read (errors name them as ``model.<field>``):
+
+  - ``image_tower``: 'resnet' or 'vit'.
+  - ``embed_dim``: joint embedding dimension.
+  - ``image_size``: input side in pixels (square images; fixes the positional embeddings).
+  - ``vocab_size``, ``context_length``: text tokens; EOT must be the largest id.
+  - ``dtype``: compute dtype, 'float32' or 'bfloat16' (parameters stay float32).
+  - ``text.width``, ``text.depth``, ``text.heads``.
+  - if resnet: ``resnet.layers`` (tuple, one entry per stage), ``resnet.width`` (even),
+    ``resnet.heads`` (divides ``width·2^(stages−1)·4``), ``resnet.norm`` ('batch' or 'group'),
+    and optionally ``resnet.axis_name`` (default None: the pmap axis BatchNorm syncs over;
+    the trainer should set it to its pmap axis, and apply with ``train=True`` only inside it).
+  - if vit: ``vit.patch_size`` (divides ``image_size``), ``vit.width``, ``vit.depth``,
+    ``vit.heads``.
+  """
+  cfg = model_cfg
+  dtype = DTYPES[check_choice('model.dtype', cfg.dtype, tuple(DTYPES))]
+  tower = check_choice('model.image_tower', cfg.image_tower, IMAGE_TOWERS)
+  embed_dim = _positive_int('model.embed_dim', cfg.embed_dim)
+  image_size = _positive_int('model.image_size', cfg.image_size)
+
+  if tower == 'resnet':
+    r = cfg.resnet
+    layers = tuple(r.layers)
+    if not layers:
+      raise ConfigError('model.resnet.layers=() is not valid; give at least one stage')
+    for i, blocks in enumerate(layers):
+      _positive_int(f'model.resnet.layers[{i}]', blocks)
+    width = _positive_int('model.resnet.width', r.width)
+    if width % 2:
+      raise ConfigError(f'model.resnet.width={width} is not valid; it must be even (the stem uses width/2)')
+    heads = _positive_int('model.resnet.heads', r.heads)
+    _divisible('model.resnet.width*2**(stages-1)*4', width * 2 ** (len(layers) - 1) * 4,
+               'model.resnet.heads', heads)
+    norm = check_choice('model.resnet.norm', r.norm, NORMS)
+    feature_map_size(image_size, len(layers))
+    image = ModifiedResNet(layers=layers, output_dim=embed_dim, heads=heads, image_size=image_size,
+                           width=width, norm=norm, axis_name=r.get('axis_name', None), dtype=dtype)
+  else:
+    v = cfg.vit
+    patch = _positive_int('model.vit.patch_size', v.patch_size)
+    if image_size % patch:
+      raise ConfigError(f'model.vit.patch_size={patch} must divide model.image_size={image_size}')
+    vwidth = _positive_int('model.vit.width', v.width)
+    vheads = _positive_int('model.vit.heads', v.heads)
+    _divisible('model.vit.width', vwidth, 'model.vit.heads', vheads)
+    image = VisionTransformer(image_size=image_size, patch_size=patch, width=vwidth,
+                              depth=_positive_int('model.vit.depth', v.depth), heads=vheads,
+                              output_dim=embed_dim, dtype=dtype)
+
+  t = cfg.text
+  twidth = _positive_int('model.text.width', t.width)
+  theads = _positive_int('model.text.heads', t.heads)
+  _divisible('model.text.width', twidth, 'model.text.heads', theads)
+  text = TextTransformer(vocab_size=_positive_int('model.vocab_size', cfg.vocab_size),
+                         context_length=_positive_int('model.context_length', cfg.context_length),
+                         width=twidth, depth=_positive_int('model.text.depth', t.depth), heads=theads,
+                         output_dim=embed_dim, dtype=dtype)
+  return CLIP(image=image, text=text, nu_init=float(nu_init))
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+  """A tiny CLIP (4-stage ResNet of width 16, 2-layer text of width 64) at 32 px for CPU runs.
+
+  GroupNorm keeps it free of batch statistics; ``vit`` holds a matching tiny ViT.
+  """
+  return ml_collections.ConfigDict(dict(
+      image_tower='resnet',
+      embed_dim=64,
+      image_size=32,
+      vocab_size=1024,
+      context_length=32,
+      dtype='float32',
+      resnet=dict(layers=(1, 1, 1, 1), width=16, heads=4, norm='group', axis_name=None),
+      vit=dict(patch_size=8, width=64, depth=2, heads=4),
+      text=dict(width=64, depth=2, heads=4),
+  ))
+
+
+def rn50_config() -> ml_collections.ConfigDict:
+  """CLIP RN50's shape at 224 px (SPEC §5.1), with CLIP's 49408-token vocabulary."""
+  cfg = default_model_config()
+  cfg.embed_dim = 1024
+  cfg.image_size = 224
+  cfg.vocab_size = 49408
+  cfg.context_length = 77
+  cfg.resnet = dict(layers=(3, 4, 6, 3), width=64, heads=32, norm='batch', axis_name=None)
+  cfg.text = dict(width=512, depth=12, heads=8)
+  return cfg

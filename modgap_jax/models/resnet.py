@@ -1,0 +1,202 @@
+"""CLIP's ModifiedResNet image tower (the "RN50" of SPEC §5.1), sized by config.
+
+It differs from a torchvision ResNet in three ways:
+
+1. A three-conv stem (3x3 convs of width/2, width/2 and width, the first with stride 2)
+   followed by a 2x2 average pool, instead of one 7x7 conv and a max pool.
+2. Anti-aliased downsampling: every conv has stride 1, and a stride-s block average-pools
+   before its strided path (after the 3x3 conv in the main branch, before the 1x1 conv in
+   the shortcut).
+3. Attention pooling instead of global average pooling: one multi-head attention whose query
+   is the mean of the final feature map, over the map's tokens plus that mean, each with a
+   learned positional embedding, projected to the joint embedding dimension.
+
+The number of stages is ``len(layers)``; stage i has ``layers[i]`` bottlenecks of
+``width·2^i`` channels (expanded ×4) and stride 2 except for the first. The spatial side
+therefore shrinks by 4 in the stem and 2 per later stage, with floors (224 px → 7×7 for
+RN50's four stages). Tiny images need fewer stages: 32 px works with four (1×1 map), 8 px
+with two. A side that would reach 0 raises ConfigError (see :func:`feature_map_size`).
+
+Norms: ``'batch'`` is CLIP's BatchNorm (state in the ``batch_stats`` collection, running
+averages used when ``train=False``, statistics averaged over ``axis_name`` under pmap);
+``'group'`` is GroupNorm, which has no state and is handy for tiny CPU runs.
+
+Initialisation: convs are Kaiming-normal (fan-out), as torchvision does for ResNets; the last
+norm of every bottleneck starts with scale 0 so each block starts as the identity on its
+shortcut (CLIP does the same); attention pooling projections are normal with std C^-1/2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from modgap_jax.errors import ConfigError, check_choice
+
+Dtype = Any
+NORMS = ('batch', 'group')
+_conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def feature_map_size(image_size: int, num_stages: int) -> int:
+  """Side of the final feature map; raises ConfigError when it would be empty.
+
+  The stem's stride-2 3x3 conv (padding 1) gives ⌊(s−1)/2⌋+1, its 2x2 pool halves with a
+  floor, and each stage after the first halves again with a floor.
+  """
+  side = (image_size - 1) // 2 + 1
+  side //= 2
+  for _ in range(num_stages - 1):
+    side //= 2
+  if side < 1:
+    need = 2 ** (num_stages + 1) - 1  # Smallest side whose stem output is 2^stages.
+    raise ConfigError(f'model.image_size={image_size} is too small for {num_stages} resnet stages '
+                      f'(model.resnet.layers); use image_size >= {need} or fewer stages')
+  return side
+
+
+def make_norm(kind: str, train: bool, axis_name: str | None, dtype: Dtype,
+              zero_scale: bool = False, name: str | None = None) -> nn.Module:
+  """Returns the norm layer for ``kind`` ('batch' or 'group')."""
+  check_choice('model.resnet.norm', kind, NORMS)
+  scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones
+  if kind == 'batch':
+    # PyTorch's defaults (momentum 0.1 ⇒ flax 0.9, eps 1e-5), as CLIP used.
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                        axis_name=axis_name, dtype=dtype, param_dtype=jnp.float32,
+                        scale_init=scale_init, name=name)
+  return _GroupNorm(dtype=dtype, scale_init=scale_init, name=name)
+
+
+class _GroupNorm(nn.Module):
+  """GroupNorm with gcd(32, C) groups, so narrow tiny-config layers still divide evenly."""
+
+  dtype: Dtype = jnp.float32
+  scale_init: Any = nn.initializers.ones
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    groups = math.gcd(32, x.shape[-1])
+    return nn.GroupNorm(num_groups=groups, epsilon=1e-5, dtype=self.dtype, param_dtype=jnp.float32,
+                        scale_init=self.scale_init, name='group_norm')(x)
+
+
+def _conv(features: int, kernel: int, dtype: Dtype, name: str, strides: int = 1) -> nn.Conv:
+  # Explicit symmetric padding matches PyTorch; 'SAME' would pad (0, 1) for stride-2 convs.
+  pad = kernel // 2
+  return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=((pad, pad), (pad, pad)),
+                 use_bias=False, dtype=dtype, param_dtype=jnp.float32, kernel_init=_conv_init, name=name)
+
+
+def _avg_pool(x: jax.Array, stride: int) -> jax.Array:
+  return x if stride == 1 else nn.avg_pool(x, (stride, stride), strides=(stride, stride))
+
+
+class Bottleneck(nn.Module):
+  """1x1 → 3x3 → avgpool(stride) → 1x1 (×4 channels), plus a pooled 1x1 shortcut if needed."""
+
+  planes: int
+  stride: int = 1
+  norm: str = 'batch'
+  axis_name: str | None = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def norm(name, zero_scale=False):
+      return make_norm(self.norm, train, self.axis_name, self.dtype, zero_scale, name)
+
+    out_channels = 4 * self.planes
+    y = nn.relu(norm('norm1')(_conv(self.planes, 1, self.dtype, 'conv1')(x)))
+    y = nn.relu(norm('norm2')(_conv(self.planes, 3, self.dtype, 'conv2')(y)))
+    y = _avg_pool(y, self.stride)
+    y = norm('norm3', zero_scale=True)(_conv(out_channels, 1, self.dtype, 'conv3')(y))
+    shortcut = x
+    if self.stride > 1 or x.shape[-1] != out_channels:
+      shortcut = _avg_pool(x, self.stride)
+      shortcut = norm('downsample_norm')(_conv(out_channels, 1, self.dtype, 'downsample_conv')(shortcut))
+    return nn.relu(y + shortcut)
+
+
+class AttentionPool2d(nn.Module):
+  """Multi-head attention pooling of a feature map [n, h, w, C] → [n, output_dim].
+
+  Tokens are the h·w positions with the mean position prepended, each plus a learned
+  positional embedding of shape [h·w + 1, C]. Only the mean token is a query; keys and values
+  come from all tokens. The result goes through the output projection to ``output_dim``.
+  """
+
+  num_tokens: int  # h·w + 1; fixed by the input resolution.
+  heads: int
+  output_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n, h, w, c = x.shape
+    if h * w + 1 != self.num_tokens:
+      raise ConfigError(f'feature map {h}x{w} does not match the {self.num_tokens - 1} positions '
+                        'fixed by model.image_size')
+    x = x.reshape(n, h * w, c)
+    mean = jnp.mean(x.astype(jnp.float32), axis=1, keepdims=True).astype(x.dtype)
+    x = jnp.concatenate([mean, x], axis=1)
+    pos = self.param('positional_embedding', nn.initializers.normal(c ** -0.5), (self.num_tokens, c),
+                     jnp.float32)
+    x = x + pos.astype(x.dtype)
+    out = nn.MultiHeadDotProductAttention(
+        num_heads=self.heads, qkv_features=c, out_features=self.output_dim,
+        dtype=self.dtype, param_dtype=jnp.float32,
+        kernel_init=nn.initializers.normal(c ** -0.5), force_fp32_for_softmax=True,
+        name='attn')(x[:, :1], x)
+    return out[:, 0]
+
+
+class ModifiedResNet(nn.Module):
+  """CLIP's ModifiedResNet: images [n, S, S, C] with S = image_size → [n, output_dim].
+
+  Attributes:
+    layers: bottlenecks per stage, e.g. (3, 4, 6, 3) for RN50.
+    output_dim: joint embedding dimension (1024 for RN50).
+    heads: attention-pooling heads; must divide ``width·2^(stages−1)·4`` (32 for RN50).
+    image_size: input side in pixels; fixes the pooling's positional embedding.
+    width: stem width and first-stage planes (64 for RN50).
+    norm: 'batch' (CLIP's) or 'group'.
+    axis_name: pmap axis over which BatchNorm averages its batch statistics, or None.
+    dtype: compute dtype (float32 or bfloat16); parameters are float32.
+  """
+
+  layers: Sequence[int]
+  output_dim: int
+  heads: int
+  image_size: int
+  width: int = 64
+  norm: str = 'batch'
+  axis_name: str | None = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    if images.shape[1:3] != (self.image_size, self.image_size):
+      raise ConfigError(f'images are {images.shape[1]}x{images.shape[2]} but model.image_size={self.image_size}')
+    side = feature_map_size(self.image_size, len(self.layers))
+
+    def norm(name):
+      return make_norm(self.norm, train, self.axis_name, self.dtype, name=name)
+
+    x = images.astype(self.dtype)
+    stem = ((self.width // 2, 2), (self.width // 2, 1), (self.width, 1))
+    for i, (features, stride) in enumerate(stem, start=1):
+      x = _conv(features, 3, self.dtype, f'stem_conv{i}', strides=stride)(x)
+      x = nn.relu(norm(f'stem_norm{i}')(x))
+    x = _avg_pool(x, 2)
+    for stage, blocks in enumerate(self.layers):
+      for block in range(blocks):
+        stride = 2 if stage > 0 and block == 0 else 1
+        x = Bottleneck(self.width * 2 ** stage, stride, self.norm, self.axis_name, self.dtype,
+                       name=f'stage{stage + 1}_block{block}')(x, train)
+    return AttentionPool2d(side * side + 1, self.heads, self.output_dim, self.dtype, name='attnpool')(x)

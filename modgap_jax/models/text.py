@@ -1,0 +1,143 @@
+"""CLIP's text Transformer, and the pre-LN Transformer both towers share (SPEC §5.1).
+
+The text tower embeds tokens, adds a learned positional embedding, runs a causally masked
+pre-LN Transformer, applies a final LayerNorm and reads the feature at the end-of-text token.
+Our tokenizer gives EOT the largest id (as CLIP's does), so its position is
+``argmax(tokens, axis=-1)``. A bias-free linear map takes that feature to the embedding space.
+
+Initialisation follows CLIP: normal, with standard deviations that shrink with the width and
+with the depth of the residual stream, so that the stream's variance stays O(1) at init.
+Compute runs in ``dtype`` (float32 or bfloat16); parameters, LayerNorm and the attention
+softmax stay in float32, because bf16 loses too much precision in their reductions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from modgap_jax.errors import ConfigError
+
+Dtype = Any
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+  """CLIP's activation, x·σ(1.702x): the one its released weights were trained with."""
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+def layer_norm(name: str) -> nn.LayerNorm:
+  """A LayerNorm that computes and returns float32; later layers cast back to their dtype."""
+  return nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=jnp.float32, name=name)
+
+
+class MlpBlock(nn.Module):
+  """Width → 4·width → width, with QuickGELU between."""
+
+  width: int
+  fc_std: float
+  proj_std: float
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nn.Dense(4 * self.width, dtype=self.dtype, param_dtype=jnp.float32,
+                 kernel_init=nn.initializers.normal(self.fc_std), name='fc')(x)
+    x = quick_gelu(x)
+    return nn.Dense(self.width, dtype=self.dtype, param_dtype=jnp.float32,
+                    kernel_init=nn.initializers.normal(self.proj_std), name='proj')(x)
+
+
+class ResidualAttentionBlock(nn.Module):
+  """Pre-LN block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+  width: int
+  heads: int
+  attn_std: float
+  proj_std: float
+  fc_std: float
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    y = layer_norm('ln_1')(x)
+    y = nn.MultiHeadDotProductAttention(
+        num_heads=self.heads, qkv_features=self.width, out_features=self.width,
+        dtype=self.dtype, param_dtype=jnp.float32,
+        kernel_init=nn.initializers.normal(self.attn_std),
+        out_kernel_init=nn.initializers.normal(self.proj_std),
+        force_fp32_for_softmax=True, name='attn')(y, y, mask=mask)
+    x = x + y.astype(x.dtype)
+    y = MlpBlock(self.width, self.fc_std, self.proj_std, self.dtype, name='mlp')(layer_norm('ln_2')(x))
+    return x + y.astype(x.dtype)
+
+
+class Transformer(nn.Module):
+  """A stack of ``depth`` pre-LN residual attention blocks of one width.
+
+  The default standard deviations are CLIP's text-tower ones: attention in-projections
+  width^-1/2, MLP input (2·width)^-1/2, and every projection back into the residual stream
+  width^-1/2·(2·depth)^-1/2, since 2·depth such writes add up in the stream.
+  """
+
+  width: int
+  depth: int
+  heads: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    attn_std = self.width ** -0.5
+    proj_std = self.width ** -0.5 * (2 * self.depth) ** -0.5
+    fc_std = (2 * self.width) ** -0.5
+    for i in range(self.depth):
+      x = ResidualAttentionBlock(self.width, self.heads, attn_std, proj_std, fc_std, self.dtype,
+                                 name=f'block{i}')(x, mask)
+    return x
+
+
+class TextTransformer(nn.Module):
+  """CLIP's text tower: int tokens [n, L] → features [n, output_dim] (not normalised).
+
+  Attributes:
+    vocab_size: number of token ids; the EOT id must be the largest id that occurs.
+    context_length: the longest token sequence; shorter ones use the first L positions.
+    width, depth, heads: Transformer shape (width must be divisible by heads).
+    output_dim: the joint embedding dimension.
+    dtype: compute dtype (float32 or bfloat16); parameters are float32.
+
+  Sows the per-position outputs of the final LayerNorm as ``intermediates/token_features``
+  (apply with ``mutable=['intermediates']`` to read them).
+  """
+
+  vocab_size: int
+  context_length: int
+  width: int
+  depth: int
+  heads: int
+  output_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    length = tokens.shape[-1]
+    if length > self.context_length:
+      raise ConfigError(f'tokens have length {length}, longer than model.context_length={self.context_length}')
+    x = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, param_dtype=jnp.float32,
+                 embedding_init=nn.initializers.normal(0.02), name='token_embedding')(tokens)
+    pos = self.param('positional_embedding', nn.initializers.normal(0.01),
+                     (self.context_length, self.width), jnp.float32)
+    x = x + pos[:length].astype(self.dtype)
+    # Causal mask: position i attends to positions <= i only, so the EOT feature summarises
+    # the whole caption and padding after EOT cannot leak into it.
+    mask = nn.make_causal_mask(tokens, dtype=jnp.bool_)
+    x = Transformer(self.width, self.depth, self.heads, self.dtype, name='transformer')(x, mask)
+    x = layer_norm('ln_final')(x)
+    self.sow('intermediates', 'token_features', x)
+    eot = jnp.argmax(tokens, axis=-1)
+    x = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
+    return nn.Dense(self.output_dim, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                    kernel_init=nn.initializers.normal(self.width ** -0.5), name='projection')(x)

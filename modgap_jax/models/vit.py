@@ -1,0 +1,64 @@
+"""CLIP's Vision Transformer image tower.
+
+Patches are embedded by a strided convolution, a learned class token is prepended, a learned
+positional embedding is added, and ``ln_pre`` normalises the sequence before the pre-LN
+Transformer (CLIP puts a LayerNorm there, unlike the original ViT). The class token's output
+goes through ``ln_post`` and a bias-free projection to the joint embedding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from modgap_jax.errors import ConfigError
+from modgap_jax.models.text import Transformer, layer_norm
+
+Dtype = Any
+
+
+class VisionTransformer(nn.Module):
+  """Images [n, H, W, C] with H = W = image_size → features [n, output_dim] (not normalised).
+
+  Attributes:
+    image_size: input side in pixels; must be a multiple of ``patch_size``.
+    patch_size: side of the square, non-overlapping patches.
+    width, depth, heads: Transformer shape (width must be divisible by heads).
+    output_dim: the joint embedding dimension.
+    dtype: compute dtype (float32 or bfloat16); parameters are float32.
+  """
+
+  image_size: int
+  patch_size: int
+  width: int
+  depth: int
+  heads: int
+  output_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    del train  # No dropout or batch statistics; kept for the same signature as the ResNet.
+    if images.shape[1:3] != (self.image_size, self.image_size):
+      raise ConfigError(f'images are {images.shape[1]}x{images.shape[2]} but model.image_size={self.image_size}')
+    if self.image_size % self.patch_size:
+      raise ConfigError(f'model.image_size={self.image_size} is not a multiple of '
+                        f'model.vit.patch_size={self.patch_size}')
+    # CLIP scales its class token, positional embedding and projection by width^-1/2.
+    scale = self.width ** -0.5
+    p = self.patch_size
+    x = nn.Conv(self.width, (p, p), strides=(p, p), padding='VALID', use_bias=False,
+                dtype=self.dtype, param_dtype=jnp.float32, name='patch_embedding')(images.astype(self.dtype))
+    n = x.shape[0]
+    x = x.reshape(n, -1, self.width)
+    cls = self.param('class_embedding', nn.initializers.normal(scale), (self.width,), jnp.float32)
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (n, 1, self.width)), x], axis=1)
+    pos = self.param('positional_embedding', nn.initializers.normal(scale), x.shape[1:], jnp.float32)
+    x = layer_norm('ln_pre')(x + pos.astype(self.dtype)).astype(self.dtype)
+    x = Transformer(self.width, self.depth, self.heads, self.dtype, name='transformer')(x)
+    x = layer_norm('ln_post')(x[:, 0])
+    return nn.Dense(self.output_dim, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                    kernel_init=nn.initializers.normal(scale), name='projection')(x)
