@@ -130,7 +130,9 @@ def uniformity_wang_isola(emb, t: float = 2.0, *, chunk_size: int = 1024,
 
   Computed block by block over ``chunk_size`` rows at a time (a [chunk_size, n] distance
   block, never [n, n]) and combined with logsumexp, so large n neither runs out of memory
-  nor underflows. Range [−2t, 0] on the sphere (−4 … 0 for t = 2); lower is more uniform.
+  nor underflows. On the sphere it lies in [−4t, 0] (0 for a collapsed set, −4t for an
+  antipodal pair) and is near −2t for uniform points in high dimension (−4 for t = 2, as in
+  SPEC §2); lower is more uniform.
 
   Args:
     emb: [n, d] with n ≥ 2.

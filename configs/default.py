@@ -1,0 +1,70 @@
+r"""CLIP from scratch on Twemoji captions: the paper's baseline, small enough for 2 CPU cores.
+
+Run (about 5 minutes on 2 CPU cores, first run included, which builds the dataset):
+
+  python -m experiments.main --config configs/default.py --workdir runs/default
+
+Pick a mitigation of SPEC §4 with the config argument (see modgap_jax/methods.py):
+
+  --config configs/default.py:flt=0.04     fixed τ
+  --config configs/default.py:ts=S3        τ scheduled 0.01 → 0.05
+  --config configs/default.py:tr=softplus  (or tr=exp_scaled, tr=exp_scaled:4)
+  --config configs/default.py:slrt         ν's learning rate × 0.1
+  --config configs/default.py:hs=1e-3      hard swap; ss=5e-2 soft swap
+
+and override any field, e.g. ``--config.num_epochs=3 --config.batch_size=128``.
+"""
+
+import ml_collections
+
+from modgap_jax import methods
+from modgap_jax.models import default_model_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.task = "train"
+  config.method = "baseline"
+  config.seed = 0
+
+  config.dataset = ml_collections.ConfigDict(dict(
+      name="twemoji_captions",
+      data_dir="",  # empty: $TFDS_DATA_DIR, else ~/.cache/modgap_jax/tensorflow_datasets
+      train_split="train",
+      eval_split="test",
+      zero_shot_label="subcategory",
+      # CLIP's RGB normalisation.
+      mean=(0.48145466, 0.4578275, 0.40821073),
+      std=(0.26862954, 0.26130258, 0.27577711),
+  ))
+
+  config.model = default_model_config()
+  config.model.image_size = 32
+  config.model.embed_dim = 128
+  config.model.resnet.layers = (1, 1, 1, 1)
+  config.model.resnet.width = 32
+  config.model.resnet.heads = 4
+  config.model.text.width = 128
+  config.model.text.depth = 2
+  config.model.text.heads = 4
+  config.model.context_length = 32
+
+  config.batch_size = 256  # global, split over all local devices
+  config.num_epochs = 30.0
+  config.num_steps = -1  # > 0 overrides num_epochs
+
+  config.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=2e-3, warmup_epochs=2.0, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, grad_clip_norm=0.0))
+  config.temperature = methods.temperature_defaults()
+  config.swap = methods.swap_defaults()
+
+  config.log_every = 10
+  config.eval_every = 100  # steps; the last step is always evaluated
+  config.checkpoint_every = 100
+  config.keep_checkpoints = 3
+  config.eval = ml_collections.ConfigDict(dict(
+      gap_pairs=512, linear_probe=True, probe_l2=1e-3, probe_steps=300, zero_shot=True, batch_size=512))
+  config.progress_bar = True
+
+  methods.apply_method(config, arg or "baseline")
+  return config

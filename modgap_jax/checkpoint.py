@@ -1,0 +1,48 @@
+"""Orbax checkpoints of the train state under ``workdir/checkpoints``.
+
+Orbax writes each step into a temporary directory and renames it when complete, so a run
+killed mid-save leaves the previous checkpoint intact; resuming picks the latest complete one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Saves every ``every`` steps (and when asked), keeps the newest ``keep``, restores the latest."""
+
+  def __init__(self, workdir: str, *, every: int, keep: int):
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.every = max(int(every), 1)
+    options = ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1), create=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def restore(self, template: Any) -> Any | None:
+    """The latest saved state shaped like ``template`` (host arrays), or None if there is none."""
+    step = self.latest_step()
+    if step is None:
+      return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def maybe_save(self, step: int, state: Any, *, force: bool = False) -> bool:
+    """Saves ``state`` (host arrays) at ``step`` if it is due, or if ``force``."""
+    if not force and step % self.every:
+      return False
+    if step in self._manager.all_steps():
+      return False
+    self._manager.save(step, args=ocp.args.StandardSave(state))
+    return True
+
+  def close(self) -> None:
+    """Blocks until pending saves are on disk."""
+    self._manager.wait_until_finished()
+    self._manager.close()

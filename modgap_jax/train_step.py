@@ -1,0 +1,146 @@
+"""The train state, the optimizer and the pmapped CLIP train step (SPEC §1, §4).
+
+One step, on each device under ``pmap(axis_name='batch')``:
+
+1. ``model.apply`` gives L2-normalised ``image_emb, text_emb`` for the local rows;
+2. the optional modality swap (SPEC §4.2) acts on the local rows;
+3. ``clip_loss(..., axis_name='batch')`` scores local rows against gathered columns;
+4. gradients are combined across devices;
+5. the optax update; the temperature leaf is routed by its mode inside ``tx``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax import lax
+
+from modgap_jax import losses, metrics, swap, temperature
+
+AXIS = "batch"
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs, as one pytree (saved whole by orbax).
+
+  ``rng`` is the run's base key; step k uses ``fold_in(rng, k)``, so a resumed run draws the
+  same randomness as an uninterrupted one.
+  """
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict, total_steps: int,
+                           warmup_steps: int) -> optax.Schedule:
+  """Linear warm-up from 0 to ``opt_cfg.learning_rate``, then cosine decay to 0 (SPEC §5.1)."""
+  warmup_steps = min(max(int(warmup_steps), 0), max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=opt_cfg.learning_rate, warmup_steps=warmup_steps,
+      decay_steps=max(total_steps, warmup_steps + 1), end_value=0.0)
+
+
+def decay_mask(params: Any) -> Any:
+  """True for the weight matrices and conv kernels, which alone get weight decay (CLIP's choice)."""
+
+  def is_kernel(path, leaf):
+    names = [getattr(k, "key", None) for k in path]
+    return names[-1] == "kernel" and "temperature" not in names
+
+  return jax.tree_util.tree_map_with_path(is_kernel, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
+                   warmup_steps: int) -> tuple[optax.GradientTransformation, temperature.TemperatureSpec]:
+  """AdamW (warm-up + cosine, decay on kernels only) with ν routed by its temperature mode."""
+  opt = config.optimizer
+  spec = temperature.spec_from_config(config.temperature, total_steps)
+  lr = learning_rate_schedule(opt, total_steps, warmup_steps)
+  rest = optax.adamw(lr, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=decay_mask)
+  if opt.get("grad_clip_norm", None):
+    rest = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), rest)
+  tx = temperature.route_temperature(rest, spec, lr, b1=opt.b1, b2=opt.b2, eps=opt.eps)
+  return tx, spec
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, image_shape: tuple[int, ...],
+               context_length: int) -> TrainState:
+  """Initialises params (and BatchNorm statistics, if any) on the host."""
+  init_rng, state_rng = jax.random.split(rng)
+  images = jnp.zeros((2, *image_shape), jnp.float32)
+  tokens = jnp.zeros((2, context_length), jnp.int32)
+  variables = jax.jit(functools.partial(model.init, train=False))(init_rng, images, tokens)
+  params = variables["params"]
+  return TrainState(step=jnp.zeros([], jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params), rng=state_rng)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
+               tx: optax.GradientTransformation, reparam: temperature.Reparam,
+               swap_method: str = "none", swap_p: float = 0.0,
+               swap_renormalize: bool = True) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimisation step on the local rows; call it under ``pmap(axis_name=AXIS)``.
+
+  Returns the new state and the step's logs (global-batch values, identical on every device).
+  """
+  step_rng = jax.random.fold_in(state.rng, state.step)
+  # SPEC §4.2 [C]: each device swaps its own rows, with its own draw.
+  swap_rng = jax.random.fold_in(step_rng, lax.axis_index(AXIS))
+  has_bn = bool(jax.tree_util.tree_leaves(state.batch_stats))
+
+  def loss_fn(params):
+    variables = {"params": params, **({"batch_stats": state.batch_stats} if has_bn else {})}
+    if has_bn:
+      (image_emb, text_emb), updated = model.apply(variables, batch["image"], batch["text"], train=True,
+                                                   mutable=["batch_stats"])
+      new_stats = updated["batch_stats"]
+    else:
+      image_emb, text_emb = model.apply(variables, batch["image"], batch["text"], train=True)
+      new_stats = state.batch_stats
+    swapped_image, swapped_text = swap.apply(swap_rng, image_emb, text_emb, swap_method, swap_p,
+                                             renormalize=swap_renormalize)
+    beta = temperature.beta_from_params(params, reparam)
+    stats = losses.clip_loss_with_stats(swapped_image, swapped_text, beta, axis_name=AXIS)
+    return stats.loss, (stats, new_stats, image_emb, text_emb)
+
+  grads, (stats, new_stats, image_emb, text_emb) = jax.grad(loss_fn, has_aux=True)(state.params)
+  # Each device's gradient is its share of ∂L/∂θ for the *global* loss (see losses.py): the
+  # shares add up. (With a per-device mean loss this would be the usual pmean.)
+  grads = lax.psum(grads, AXIS)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+
+  nu = state.params["temperature"]["nu"]
+  beta = reparam.beta(nu)
+  logs = {
+      "loss": stats.loss,
+      "loss_i2t": stats.loss_image_to_text,
+      "loss_t2i": stats.loss_text_to_image,
+      "positive_logit": stats.positive_logit,
+      "negative_logit": stats.negative_logit,
+      "nu": nu,
+      "beta": beta,
+      "tau": 1.0 / beta,
+      "grad_norm": optax.global_norm(grads),
+      "gap": metrics.modality_gap(image_emb, text_emb, axis_name=AXIS),
+  }
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state)
+  return new_state, logs
+
+
+def make_pmapped_train_step(model: nn.Module, tx: optax.GradientTransformation, reparam: temperature.Reparam,
+                            swap_cfg: ml_collections.ConfigDict):
+  """``train_step`` pmapped over every local device; the replicated state is donated."""
+  step = functools.partial(train_step, model=model, tx=tx, reparam=reparam, swap_method=swap_cfg.method,
+                           swap_p=float(swap_cfg.p), swap_renormalize=bool(swap_cfg.renormalize))
+  return jax.pmap(step, axis_name=AXIS, donate_argnums=(0,))
