@@ -97,7 +97,7 @@ def create_model(model_cfg: ml_collections.ConfigDict, nu_init: float) -> CLIP:
   - ``embed_dim``: joint embedding dimension.
   - ``image_size``: input side in pixels (square images; fixes the positional embeddings).
   - ``vocab_size``, ``context_length``: text tokens; EOT must be the largest id.
-  - ``dtype``: compute dtype, 'float32' or 'bfloat16' (parameters stay float32).
+  - ``dtype``: compute dtype, 'float32' (default when absent) or 'bfloat16'; params stay float32.
   - ``text.width``, ``text.depth``, ``text.heads``.
   - if resnet: ``resnet.layers`` (tuple, one entry per stage), ``resnet.width`` (even),
     ``resnet.heads`` (divides ``width·2^(stages−1)·4``), ``resnet.norm`` ('batch' or 'group'),
@@ -107,7 +107,7 @@ def create_model(model_cfg: ml_collections.ConfigDict, nu_init: float) -> CLIP:
     ``vit.heads``.
   """
   cfg = model_cfg
-  dtype = DTYPES[check_choice('model.dtype', cfg.dtype, tuple(DTYPES))]
+  dtype = DTYPES[check_choice('model.dtype', cfg.get('dtype', 'float32'), tuple(DTYPES))]
   tower = check_choice('model.image_tower', cfg.image_tower, IMAGE_TOWERS)
   embed_dim = _positive_int('model.embed_dim', cfg.embed_dim)
   image_size = _positive_int('model.image_size', cfg.image_size)
@@ -161,7 +161,7 @@ def default_model_config() -> ml_collections.ConfigDict:
       image_tower='resnet',
       embed_dim=64,
       image_size=32,
-      vocab_size=1024,
+      vocab_size=259,  # modgap_jax.data.tokenizer.vocab_size: padding, 256 bytes, SOT, EOT.
       context_length=32,
       dtype='float32',
       resnet=dict(layers=(1, 1, 1, 1), width=16, heads=4, norm='group', axis_name=None),
