@@ -38,18 +38,39 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   try:
     run_task(FLAGS.config, FLAGS.workdir)
-  except ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
+  except (ConfigError, OSError) as e:  # OSError: config_flags defers "no such config file"
+    print(f"error: {_one_line(e)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _one_line(error: Exception) -> str:
+  """The informative line of a flag error.
+
+  ml_collections' config_flags embeds the config file's whole traceback in the message; its
+  last line ("pkg.ConfigError: ...") names the real problem, so that line is kept.
+  """
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  if any(line.startswith("Traceback") for line in lines):
+    return lines[-1].split(": ", 1)[-1]
+  return lines[0] if lines else type(error).__name__
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, except that a bad flag or config file is one `error:` line, exit 2.
+
+  app.run's default parser catches flags.Error itself (multi-line message, exit 1), so the
+  handling has to live in the parser app.run is given.
+  """
+  try:
+    return FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError) as e:  # config_flags: unknown --config.<field>
+    print(f"error: {_one_line(e)}", file=sys.stderr)
     sys.exit(2)
 
 
 def cli() -> None:
-  """Runs main, turning a bad --config file (absl's own parse errors) into a one-line exit 2."""
-  try:
-    app.run(main)
-  except flags.Error as e:  # raised before main() when the config file or an override is bad
-    print(f"error: {e}".splitlines()[0], file=sys.stderr)
-    sys.exit(2)
+  """Runs main; a bad --config file or flag (absl's parse errors) ends in one line, exit 2."""
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

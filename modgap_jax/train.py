@@ -1,0 +1,266 @@
+"""``train_and_evaluate(config, workdir)``: the main job (DESIGN.md "How data flows").
+
+Trains CLIP from scratch with the configured temperature or swap method, evaluates every
+SPEC §2 metric on the held-out split, checkpoints with orbax, and writes ``config.json``,
+``metrics.jsonl``, ``report.md`` and figures into ``workdir``. A run restarted with the same
+workdir resumes from its latest checkpoint: same step, same data order, same randomness.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from typing import Any
+
+import flax.jax_utils
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from modgap_jax import checkpoint, data, evaluation, models, run_io
+from modgap_jax.errors import ConfigError, check_range
+from modgap_jax.plots import training as training_plots
+from modgap_jax.train_step import TrainState, init_state, learning_rate_schedule, make_optimizer, \
+    make_pmapped_train_step
+
+TRAIN_LOG_KEYS = ("loss", "loss_i2t", "loss_t2i", "positive_logit", "negative_logit", "nu", "beta", "tau",
+                  "grad_norm", "gap")
+
+
+class Evaluator:
+  """Embeds whole splits with pmapped encoders and computes every SPEC §2 metric."""
+
+  def __init__(self, model: models.CLIP, config: ml_collections.ConfigDict, train_split: data.Examples,
+               eval_split: data.Examples, num_devices: int):
+    self.config = config
+    self.num_devices = num_devices
+    self.train_split, self.eval_split = train_split, eval_split
+    self.image_size = config.model.image_size
+    self.context_length = config.model.context_length
+    self.batch_size = _round_up(config.eval.batch_size, num_devices)
+    self._encode_image = jax.pmap(functools.partial(model.apply, train=False, method=models.CLIP.encode_image))
+    self._encode_text = jax.pmap(functools.partial(model.apply, method=models.CLIP.encode_text))
+    label = config.dataset.zero_shot_label
+    self.label_key = label if label and label in eval_split.labels() else None
+    self.class_tokens = None
+    if self.label_key and config.eval.zero_shot:
+      classnames, templates = data.zero_shot_classes(config.dataset.name, self.label_key)
+      prompts = [template.format(c) for c in classnames for template in templates]
+      self.class_tokens = data.tokenize(prompts, self.context_length)
+      self.class_shape = (len(classnames), len(templates))
+
+  def embed_images(self, variables: Any, split: data.Examples) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """[N, d] image embeddings in index order, and the split's labels."""
+    chunks = []
+    batches = data.eval_image_batches(split, batch_size=self.batch_size, num_devices=self.num_devices,
+                                      image_size=self.image_size, mean=self.config.dataset.mean,
+                                      std=self.config.dataset.std)
+    for batch in data.prefetch(batches):
+      emb = np.asarray(self._encode_image(variables, batch["image"]))
+      chunks.append(emb.reshape(-1, emb.shape[-1])[batch["mask"].reshape(-1)])
+    return np.concatenate(chunks), split.labels()
+
+  def embed_texts(self, variables: Any, split: data.Examples) -> tuple[np.ndarray, np.ndarray]:
+    """[M, d] caption embeddings and each caption's image index."""
+    chunks, image_index = [], []
+    batches = data.eval_text_batches(split, batch_size=self.batch_size, num_devices=self.num_devices,
+                                     context_length=self.context_length)
+    for batch in batches:
+      emb = np.asarray(self._encode_text(variables, batch["text"]))
+      mask = batch["mask"].reshape(-1)
+      chunks.append(emb.reshape(-1, emb.shape[-1])[mask])
+      image_index.append(batch["image_index"].reshape(-1)[mask])
+    return np.concatenate(chunks), np.concatenate(image_index)
+
+  def embed_tokens(self, variables: Any, tokens: np.ndarray) -> np.ndarray:
+    n = len(tokens)
+    padded = np.zeros((_round_up(n, self.num_devices), tokens.shape[1]), tokens.dtype)
+    padded[:n] = tokens
+    emb = np.asarray(self._encode_text(variables, padded.reshape(self.num_devices, -1, tokens.shape[1])))
+    return emb.reshape(-1, emb.shape[-1])[:n]
+
+  def __call__(self, variables: Any, beta: float) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """All eval metrics, and the eval embeddings (for figures)."""
+    image_emb, labels = self.embed_images(variables, self.eval_split)
+    text_emb, text_to_image = self.embed_texts(variables, self.eval_split)
+    out = evaluation.embedding_metrics(image_emb, text_emb, text_to_image, beta=beta,
+                                       loss_batch_size=self.config.batch_size,
+                                       gap_pairs=self.config.eval.gap_pairs, seed=self.config.seed)
+    out["zeroshot_top1"] = out["linear_probe_top1"] = float("nan")
+    if self.label_key:
+      class_emb = None
+      if self.class_tokens is not None:
+        class_emb = self.embed_tokens(variables, self.class_tokens).reshape(*self.class_shape, -1)
+      probe_train = None
+      if self.config.eval.linear_probe:
+        train_emb, train_labels = self.embed_images(variables, self.train_split)
+        probe_train = (train_emb, train_labels[self.label_key])
+      if class_emb is not None:
+        out.update(evaluation.classification_metrics(
+            image_emb, labels[self.label_key], class_emb, probe_train, probe_l2=self.config.eval.probe_l2,
+            probe_steps=self.config.eval.probe_steps))
+      elif probe_train is not None:
+        out["linear_probe_top1"] = evaluation.metrics.linear_probe_accuracy(
+            *probe_train, image_emb, labels[self.label_key], l2=self.config.eval.probe_l2,
+            steps=self.config.eval.probe_steps)
+    return out, {"image": image_emb, "text": text_emb, "text_to_image": text_to_image}
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return -(-int(n) // multiple) * multiple
+
+
+def _variables(state: TrainState) -> dict[str, Any]:
+  variables = {"params": state.params}
+  if jax.tree_util.tree_leaves(state.batch_stats):
+    variables["batch_stats"] = state.batch_stats
+  return variables
+
+
+def plan_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> tuple[int, int, int]:
+  """(steps per epoch, total steps, warm-up steps) from the epoch-based config."""
+  per_epoch = data.steps_per_epoch(num_train_examples, config.batch_size)
+  if config.num_steps > 0:
+    total = int(config.num_steps)
+  else:
+    check_range("num_epochs", float(config.num_epochs), 0.0, None, low_inclusive=False)
+    total = max(1, round(config.num_epochs * per_epoch))
+  warmup = round(float(config.optimizer.warmup_epochs) * per_epoch)
+  return per_epoch, total, warmup
+
+
+def _check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  for field in ("batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+    if int(config[field]) < 1:
+      raise ConfigError(f"{field}={config[field]!r} must be a positive integer")
+  if config.batch_size % num_devices:
+    raise ConfigError(f"batch_size={config.batch_size} must be divisible by the {num_devices} local devices")
+  if config.model.vocab_size < data.tokenizer.vocab_size:
+    raise ConfigError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
+                      f"{data.tokenizer.vocab_size} ids; set it to at least {data.tokenizer.vocab_size}")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Runs (or resumes) training and returns the final eval metrics."""
+  num_devices = jax.local_device_count()
+  _check_config(config, num_devices)
+  data_dir = config.dataset.data_dir or None
+  train_split = data.load_examples(config.dataset.name, config.dataset.train_split, data_dir)
+  eval_split = data.load_examples(config.dataset.name, config.dataset.eval_split, data_dir)
+  per_epoch, total_steps, warmup_steps = plan_steps(config, len(train_split))
+  tx, spec = make_optimizer(config, total_steps, warmup_steps)
+  model = models.create_model(config.model, spec.nu_init)
+  image_shape = (config.model.image_size, config.model.image_size, 3)
+  state = init_state(model, tx, jax.random.PRNGKey(config.seed), image_shape, config.model.context_length)
+
+  # Everything above validates the config; only now does the run touch its workdir.
+  os.makedirs(workdir, exist_ok=True)
+  run_io.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  ckpt = checkpoint.Checkpointer(workdir, every=config.checkpoint_every, keep=config.keep_checkpoints)
+  restored = ckpt.restore(state)
+  state = restored if restored is not None else state
+  start_step = int(state.step)
+  log = run_io.MetricsLog(os.path.join(workdir, "metrics.jsonl"), resume_step=start_step)
+  evaluator = Evaluator(model, config, train_split, eval_split, num_devices)
+  lr = learning_rate_schedule(config.optimizer, total_steps, warmup_steps)
+
+  p_train_step = make_pmapped_train_step(model, tx, spec.reparam, config.swap)
+  p_state = flax.jax_utils.replicate(state)
+  batches = data.train_batches(train_split, global_batch_size=config.batch_size, num_devices=num_devices,
+                               image_size=config.model.image_size, context_length=config.model.context_length,
+                               seed=config.seed, start_step=start_step, mean=config.dataset.mean,
+                               std=config.dataset.std)
+  final_eval, embeddings = None, None
+  started = time.time()
+  bar = tqdm(total=total_steps, initial=start_step, desc=f"train {config.method}", unit="step",
+             disable=not config.progress_bar, dynamic_ncols=True)
+  try:
+    batch_iter = data.prefetch(batches, buffer_size=2)
+    for step in range(start_step + 1, total_steps + 1):
+      p_state, logs = p_train_step(p_state, next(batch_iter))
+      bar.update(1)
+      if step % config.log_every == 0 or step == total_steps:
+        host_logs = {k: float(v[0]) for k, v in jax.device_get(logs).items()}
+        host_logs["learning_rate"] = float(lr(step - 1))
+        host_logs["epoch"] = step / per_epoch
+        log.write(step, "train", host_logs)
+        bar.set_postfix(loss=f"{host_logs['loss']:.3f}", tau=f"{host_logs['tau']:.4f}", gap=f"{host_logs['gap']:.3f}")
+      if step % config.eval_every == 0 or step == total_steps:
+        final_eval, embeddings = _evaluate(evaluator, p_state, spec)
+        log.write(step, "eval", final_eval)
+      ckpt.maybe_save(step, jax.device_get(flax.jax_utils.unreplicate(p_state)), force=step == total_steps)
+    batch_iter.close()
+  finally:
+    bar.close()
+    log.close()
+    ckpt.close()
+
+  if final_eval is None:  # the run had already finished: report the restored final state
+    final_eval, embeddings = _evaluate(evaluator, p_state, spec)
+  write_outputs(workdir, config, final_eval, embeddings, total_steps=total_steps, num_devices=num_devices,
+                seconds=time.time() - started, resumed_from=start_step)
+  return final_eval
+
+
+def _evaluate(evaluator: Evaluator, p_state: Any, spec) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+  state = flax.jax_utils.unreplicate(p_state)
+  nu = state.params["temperature"]["nu"]
+  beta = float(spec.reparam.beta(nu))
+  out, embeddings = evaluator(flax.jax_utils.replicate(_variables(state)), beta)
+  out.update(beta=beta, tau=1.0 / beta, nu=float(nu))
+  return out, embeddings
+
+
+def write_outputs(workdir: str, config: ml_collections.ConfigDict, final_eval: dict[str, float],
+                  embeddings: dict[str, np.ndarray], *, total_steps: int, num_devices: int, seconds: float,
+                  resumed_from: int) -> None:
+  """report.md and the figures, from metrics.jsonl and the final embeddings."""
+  records = run_io.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  training_plots.plot_curves(records, os.path.join(workdir, "curves.png"))
+  paired_images = embeddings["image"][embeddings["text_to_image"]]
+  training_plots.plot_embedding_pca(
+      paired_images, embeddings["text"], os.path.join(workdir, "embeddings_pca.png"),
+      title=f"{config.method}: Δ = {final_eval['gap']:.3f}, τ = {final_eval['tau']:.4f}", seed=config.seed)
+  run_io.write_text(os.path.join(workdir, "report.md"),
+                    render_report(config, final_eval, total_steps=total_steps, num_devices=num_devices,
+                                  seconds=seconds, resumed_from=resumed_from))
+
+
+REPORT_ROWS = (
+    ("modality gap Δ (all pairs)", "gap"), ("modality gap Δ (512 random pairs)", "gap_512"),
+    ("temperature τ", "tau"), ("eval loss", "loss"),
+    ("uniformity −W2 (union) ↑", "uniformity_w2"), ("uniformity −W2 image / text", ("uniformity_w2_image",
+                                                                                  "uniformity_w2_text")),
+    ("uniformity Wang–Isola (union) ↓", "uniformity_wi"), ("alignment ↓", "alignment"),
+    ("text retrieval i2t R@1 / R@5 / R@10", ("i2t_r1", "i2t_r5", "i2t_r10")),
+    ("image retrieval t2i R@1 / R@5 / R@10", ("t2i_r1", "t2i_r5", "t2i_r10")),
+    ("zero-shot top-1", "zeroshot_top1"), ("linear-probe top-1", "linear_probe_top1"),
+)
+
+
+def render_report(config: ml_collections.ConfigDict, final_eval: dict[str, float], *, total_steps: int,
+                  num_devices: int, seconds: float, resumed_from: int) -> str:
+  """A short Markdown report of the final evaluation."""
+
+  def fmt(key):
+    keys = key if isinstance(key, tuple) else (key,)
+    return " / ".join("n/a" if not np.isfinite(final_eval.get(k, np.nan)) else f"{final_eval[k]:.4f}" for k in keys)
+
+  t = config.temperature
+  lines = [
+      f"# modgap_jax run: {config.method}", "",
+      f"- dataset: `{config.dataset.name}` (train `{config.dataset.train_split}`, eval `{config.dataset.eval_split}`)",
+      f"- temperature: mode `{t.mode}`, reparameterisation `{t.reparam}`, τ₀ {t.tau_init}, "
+      f"β cap {t.beta_cap or 'none'}, ν lr × {t.lr_multiplier}",
+      f"- swap: `{config.swap.method}` with p = {config.swap.p}",
+      f"- {total_steps} steps of global batch {config.batch_size} on {num_devices} device(s); "
+      f"this invocation ran {seconds:.0f} s" + (f", resumed from step {resumed_from}" if resumed_from else ""),
+      "", "| metric | final |", "|---|---|",
+  ]
+  lines += [f"| {label} | {fmt(key)} |" for label, key in REPORT_ROWS]
+  lines += ["", "Figures: `curves.png` (loss, τ, Δ over steps), `embeddings_pca.png` (paper Fig. 1 style).",
+            "All numbers per step: `metrics.jsonl`.", ""]
+  return "\n".join(lines)

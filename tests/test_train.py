@@ -1,0 +1,275 @@
+"""The pmapped train step and the whole job, on 4 emulated CPU devices and tiny data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import flax.jax_utils
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from modgap_jax import checkpoint, data, evaluation, metrics, models, train, train_step
+from modgap_jax.errors import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def digits_config(**overrides):
+  """configs/default.py shrunk to 8×8 digits, a two-stage ResNet and a tiny text tower."""
+  config = default.get_config()
+  config.dataset.name = "digits_captions"
+  config.dataset.zero_shot_label = "label"
+  m = config.model
+  m.image_size, m.embed_dim, m.context_length = 8, 16, 24
+  m.resnet.layers, m.resnet.width, m.resnet.heads = (1, 1), 8, 2
+  m.text.width, m.text.depth, m.text.heads = 16, 1, 2
+  config.batch_size = 64
+  config.num_steps = 6
+  config.optimizer.warmup_epochs = 0.1
+  config.log_every = 1
+  config.eval_every = 3
+  config.checkpoint_every = 3
+  config.eval.probe_steps = 20
+  config.progress_bar = False
+  for key, value in overrides.items():
+    node = config
+    *path, leaf = key.split(".")
+    for name in path:
+      node = node[name]
+    node[leaf] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+  directory = str(tmp_path_factory.mktemp("tfds"))
+  data.prepare("digits_captions", directory)
+  return directory
+
+
+def random_batch(rng, num_devices, global_batch, image_size, context_length):
+  images = rng.standard_normal((global_batch, image_size, image_size, 3)).astype(np.float32)
+  tokens = data.tokenize([f"digit {i % 10} number {i}" for i in range(global_batch)], context_length)
+  return {"image": images.reshape(num_devices, -1, *images.shape[1:]),
+          "text": tokens.reshape(num_devices, -1, context_length)}
+
+
+@pytest.mark.parametrize("norm,method", [("group", "baseline"), ("batch", "ts=S3")])
+def test_four_device_step_equals_one_device_step(norm, method):
+  config = digits_config(**{"model.resnet.norm": norm, "model.resnet.axis_name": "batch"})
+  config = default.methods.apply_method(config, method)
+  # Adam's first step is lr·g/(|g|+ε): with CLIP's ε = 1e-6, a parameter whose |g| ~ ε (a
+  # zero-initialised BN scale, say) turns reduction-order rounding of g into an O(lr) move.
+  # ε = 1e-3 makes the step linear in g, so 1e-5 on the params really compares the gradients.
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.eps = 1e-3
+  tx, spec = train_step.make_optimizer(config, total_steps=10, warmup_steps=0)
+  model = models.create_model(config.model, spec.nu_init)
+  state = train_step.init_state(model, tx, jax.random.PRNGKey(0), (8, 8, 3), 24)
+  batch = random_batch(np.random.default_rng(0), 4, 32, 8, 24)
+
+  step = train_step.make_pmapped_train_step(model, tx, spec.reparam, config.swap)
+  new4, logs4 = step(flax.jax_utils.replicate(state), batch)
+  one_device = jax.devices()[:1]
+  step1 = jax.pmap(lambda s, b: train_step.train_step(s, b, model=model, tx=tx, reparam=spec.reparam),
+                   axis_name=train_step.AXIS, devices=one_device)
+  global_batch = jax.tree.map(lambda x: x.reshape(1, -1, *x.shape[2:]), batch)
+  new1, logs1 = step1(flax.jax_utils.replicate(state, devices=one_device), global_batch)
+
+  for a, b in zip(jax.tree.leaves(new4.params), jax.tree.leaves(new1.params)):
+    np.testing.assert_allclose(a[0], b[0], atol=1e-5, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(new4.batch_stats), jax.tree.leaves(new1.batch_stats)):
+    np.testing.assert_allclose(a[0], b[0], atol=1e-5, rtol=1e-5)
+  for key in ("loss", "gap", "beta", "grad_norm"):
+    np.testing.assert_allclose(logs4[key], np.full(4, logs1[key][0]), rtol=1e-5, atol=1e-6)
+  # Every device ends with the same replica.
+  for leaf in jax.tree.leaves(new4.params):
+    np.testing.assert_array_equal(leaf[0], leaf[3])
+
+
+def test_train_step_logs_match_references():
+  config = digits_config()
+  tx, spec = train_step.make_optimizer(config, total_steps=10, warmup_steps=0)
+  model = models.create_model(config.model, spec.nu_init)
+  state = train_step.init_state(model, tx, jax.random.PRNGKey(1), (8, 8, 3), 24)
+  batch = random_batch(np.random.default_rng(1), 4, 16, 8, 24)
+  _, logs = train_step.make_pmapped_train_step(model, tx, spec.reparam, config.swap)(
+      flax.jax_utils.replicate(state), batch)
+  flat = lambda x: np.asarray(x).reshape(-1, *x.shape[2:])
+  image_emb, text_emb = model.apply({"params": state.params}, flat(batch["image"]), flat(batch["text"]))
+  hx, hy = np.float64(image_emb), np.float64(text_emb)
+  np.testing.assert_allclose(logs["gap"][0], np.linalg.norm(hx.mean(0) - hy.mean(0)), rtol=1e-5)
+  np.testing.assert_allclose(logs["tau"][0], 0.07, rtol=1e-6)
+  z = (1 / 0.07) * hx @ hy.T
+  lse = lambda a, axis: np.log(np.exp(a - a.max()).sum(axis)) + a.max()
+  ref = 0.5 * (np.mean(lse(z, 1) - np.diag(z)) + np.mean(lse(z, 0) - np.diag(z)))
+  np.testing.assert_allclose(logs["loss"][0], ref, rtol=1e-5)
+
+
+def test_weight_decay_only_on_kernels():
+  params = {"image": {"conv": {"kernel": jnp.ones((3, 3)), "bias": jnp.ones(3)},
+                      "positional_embedding": jnp.ones((4, 3))},
+            "temperature": {"nu": jnp.float32(1.0)}}
+  mask = train_step.decay_mask(params)
+  assert mask == {"image": {"conv": {"kernel": True, "bias": False}, "positional_embedding": False},
+                  "temperature": {"nu": False}}
+
+
+def test_learning_rate_warmup_then_cosine():
+  config = digits_config()
+  lr = train_step.learning_rate_schedule(config.optimizer, total_steps=100, warmup_steps=10)
+  peak = config.optimizer.learning_rate
+  np.testing.assert_allclose([lr(0), lr(5), lr(10)], [0.0, 0.5 * peak, peak], rtol=1e-6)
+  np.testing.assert_allclose(lr(55), peak * 0.5 * (1 + np.cos(np.pi * 45 / 90)), rtol=1e-5)
+  assert float(lr(100)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_embedding_metrics_against_numpy():
+  rng = np.random.default_rng(2)
+  unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)
+  image_emb = unit(rng.standard_normal((30, 6)))
+  text_to_image = np.repeat(np.arange(30), 2)  # two captions per image
+  text_emb = unit(image_emb[text_to_image] + 0.3 * rng.standard_normal((60, 6)))
+  out = evaluation.embedding_metrics(image_emb, text_emb, text_to_image, beta=10.0, loss_batch_size=8, gap_pairs=20)
+  paired = image_emb[text_to_image]
+  np.testing.assert_allclose(out["gap"], np.linalg.norm(paired.mean(0) - text_emb.mean(0)), rtol=1e-5)
+  np.testing.assert_allclose(out["alignment"], np.mean(np.sum((paired - text_emb) ** 2, 1)), rtol=1e-5)
+  sample = np.random.default_rng(0).choice(60, size=20, replace=False)
+  np.testing.assert_allclose(out["gap_512"], np.linalg.norm(paired[sample].mean(0) - text_emb[sample].mean(0)),
+                             rtol=1e-5)
+  # Eval loss: batches of 8 (image, first caption) pairs, weighted by size.
+  first = text_emb[0::2]
+  losses = []
+  for s in range(0, 30, 8):
+    x, y = image_emb[s:s + 8], first[s:s + 8]
+    z = 10.0 * x @ y.T
+    lse = lambda a, axis: np.log(np.exp(a).sum(axis))
+    losses.append((0.5 * (np.mean(lse(z, 1) - np.diag(z)) + np.mean(lse(z, 0) - np.diag(z))), len(x)))
+  np.testing.assert_allclose(out["loss"], np.average([l for l, _ in losses], weights=[w for _, w in losses]),
+                             rtol=1e-5)
+  scores = image_emb @ text_emb.T
+  top1 = text_to_image[np.argmax(scores, axis=1)] == np.arange(30)
+  np.testing.assert_allclose(out["i2t_r1"], top1.mean())
+  assert out["uniformity_w2"] == pytest.approx(float(metrics.uniformity_w2(np.vstack([image_emb, text_emb]))))
+
+
+EVAL_KEYS = set(evaluation.EVAL_KEYS)
+
+
+def test_train_and_evaluate_end_to_end_on_digits(tmp_path, digits_dir):
+  workdir = str(tmp_path / "run")
+  config = digits_config(**{"dataset.data_dir": digits_dir})
+  final = train.train_and_evaluate(config, workdir)
+  for name in ("config.json", "metrics.jsonl", "report.md", "curves.png", "embeddings_pca.png"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  train_lines = [r for r in records if r["split"] == "train"]
+  eval_lines = [r for r in records if r["split"] == "eval"]
+  assert [r["step"] for r in train_lines] == [1, 2, 3, 4, 5, 6]
+  assert [r["step"] for r in eval_lines] == [3, 6]
+  for r in records:
+    assert {"step", "split", "loss", "beta", "tau"} <= set(r)
+    np.testing.assert_allclose(r["beta"] * r["tau"], 1.0, rtol=1e-5)
+  for r in eval_lines:
+    assert EVAL_KEYS <= set(r)
+    for key in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "zeroshot_top1",
+                "linear_probe_top1"):
+      assert 0.0 <= r[key] <= 1.0, key
+    assert r["i2t_r1"] <= r["i2t_r5"] <= r["i2t_r10"]
+  assert final["gap"] == pytest.approx(eval_lines[-1]["gap"])
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+  assert "| modality gap Δ (all pairs) |" in open(os.path.join(workdir, "report.md")).read()
+
+
+def test_resumed_run_reproduces_uninterrupted_run(tmp_path, digits_dir, monkeypatch):
+  config = digits_config(**{"dataset.data_dir": digits_dir, "eval_every": 100, "eval.linear_probe": False})
+  straight = str(tmp_path / "straight")
+  train.train_and_evaluate(config, straight)
+
+  resumed = str(tmp_path / "resumed")
+  original_save = checkpoint.Checkpointer.maybe_save
+
+  def save_then_die(self, step, state, *, force=False):
+    saved = original_save(self, step, state, force=force)
+    if step == 4:  # the kill lands after step 4 is logged; the last checkpoint is step 3
+      raise KeyboardInterrupt("simulated kill")
+    return saved
+
+  monkeypatch.setattr(checkpoint.Checkpointer, "maybe_save", save_then_die)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(config, resumed)
+  monkeypatch.undo()
+  lines = [json.loads(line) for line in open(os.path.join(resumed, "metrics.jsonl"))]
+  assert max(r["step"] for r in lines) == 4
+  train.train_and_evaluate(config, resumed)
+
+  read = lambda d: [json.loads(line) for line in open(os.path.join(d, "metrics.jsonl"))]
+  a, b = read(straight), read(resumed)
+  assert [(r["step"], r["split"]) for r in a] == [(r["step"], r["split"]) for r in b]
+  for ra, rb in zip(a, b):
+    assert ra["loss"] == rb["loss"], ra["step"]  # bit-exact: same data, same RNG, same state
+    assert ra["tau"] == rb["tau"]
+
+
+@pytest.mark.parametrize("arg,field,value", [
+    ("baseline", "temperature.mode", "learned"),
+    ("flt=0.04", "temperature.tau_init", 0.04),
+    ("flt=0.04", "temperature.mode", "fixed"),
+    ("ts=S3", "temperature.schedule.tau_end", 0.05),
+    ("ts=S0", "temperature.mode", "scheduled"),
+    ("tr=softplus", "temperature.reparam", "softplus"),
+    ("tr=exp_scaled:4", "temperature.scale", 4.0),
+    ("slrt", "temperature.lr_multiplier", 0.1),
+    ("hs=1e-3", "swap.method", "hard"),
+    ("ss=5e-2", "swap.p", 0.05),
+])
+def test_method_variants(arg, field, value):
+  config = default.get_config(arg)
+  node = config
+  for name in field.split("."):
+    node = node[name]
+  assert node == value
+  assert config.method == arg
+
+
+@pytest.mark.parametrize("arg,match", [("bogus", "method='bogus'"), ("ts=S9", "ts='S9'"), ("flt=abc", "flt='abc'"),
+                                       ("hs=2", "hs=2.0 is out of range")])
+def test_bad_method_is_a_config_error(arg, match):
+  with pytest.raises(ConfigError, match=match):
+    default.get_config(arg)
+
+
+def run_main(*args, cwd=REPO):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  return subprocess.run([sys.executable, "-m", "experiments.main", *args], cwd=cwd, env=env, capture_output=True,
+                        text=True, timeout=300)
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--config=configs/default.py:warp"], "method='warp'"),
+    (["--config=configs/default.py", "--config.temperature.mode=hot"], "temperature.mode='hot'"),
+    (["--config=configs/default.py", "--config.dataset.name=imagenet"], "imagenet"),
+    (["--config=configs/nope.py"], "nope.py"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, flags, needle):
+  workdir = tmp_path / "w"
+  result = run_main(*flags, f"--workdir={workdir}")
+  assert result.returncode == 2, result.stderr
+  lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.stderr
+  assert not workdir.exists()
+
+
+def test_config_overrides_reach_the_config():
+  from ml_collections import config_flags  # noqa: F401  (the flag parser below is the real one)
+  from absl import flags
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True)
+  fv(["prog", f"--config={REPO}/configs/default.py:ts=S2", "--config.batch_size=64", "--config.swap.p=0.5",
+      "--config.temperature.beta_cap=50.0"])
+  assert fv.config.batch_size == 64 and fv.config.swap.p == 0.5 and fv.config.temperature.beta_cap == 50.0
+  assert fv.config.temperature.schedule.tau_end == 0.04
