@@ -4,6 +4,7 @@ Flags go to a config; ``config.task`` picks the job. Bad input of any kind ends 
 one-line ``error: ...`` on stderr and exit code 2.
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -55,15 +56,39 @@ def _one_line(error: Exception) -> str:
   return lines[0] if lines else type(error).__name__
 
 
+def _check_config_path(argv) -> None:
+  """A missing --config file is named in one line (config_flags would defer and blur it)."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      value = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      value = argv[i + 1]
+    else:
+      continue
+    path = value.split(":", 1)[0]
+    if not os.path.isfile(path):
+      configs = sorted(f for f in os.listdir("configs") if f.endswith(".py")) if os.path.isdir("configs") else []
+      print(f"error: --config={path!r}: no such file; choose one of "
+            f"{', '.join('configs/' + f for f in configs) or 'a path to a config .py file'}", file=sys.stderr)
+      sys.exit(2)
+
+
 def _parse_flags(argv):
   """absl's flag parsing, except that a bad flag or config file is one `error:` line, exit 2.
 
   app.run's default parser catches flags.Error itself (multi-line message, exit 1), so the
   handling has to live in the parser app.run is given.
   """
+  _check_config_path(argv)
   try:
     return FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError) as e:  # config_flags: unknown --config.<field>
+  except (AttributeError, KeyError) as e:  # config_flags: an unknown --config.<field>
+    overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    name = str(e.args[0] if e.args else e).strip("'\"")
+    print(f"error: no such config field '{name}'; check {', '.join(overrides)} against the config file's fields",
+          file=sys.stderr)
+    sys.exit(2)
+  except flags.Error as e:
     print(f"error: {_one_line(e)}", file=sys.stderr)
     sys.exit(2)
 

@@ -62,9 +62,9 @@ def random_batch(rng, num_devices, global_batch, image_size, context_length):
 def test_four_device_step_equals_one_device_step(norm, method):
   config = digits_config(**{"model.resnet.norm": norm, "model.resnet.axis_name": "batch"})
   config = default.methods.apply_method(config, method)
-  # Adam's first step is lr·g/(|g|+ε): with CLIP's ε = 1e-6, a parameter whose |g| ~ ε (a
-  # zero-initialised BN scale, say) turns reduction-order rounding of g into an O(lr) move.
-  # ε = 1e-3 makes the step linear in g, so 1e-5 on the params really compares the gradients.
+  # Adam's first step is lr·g/(|g|+ε): with CLIP's ε = 1e-6, a parameter whose |g| ~ ε turns
+  # reduction-order rounding of g into an O(lr) move. ε = 1e-3 makes the step linear in g, so
+  # "params within 1e-5" after a step of lr = 1e-3 compares the gradients to ~1e-5 relative.
   config.optimizer.learning_rate = 1e-3
   config.optimizer.eps = 1e-3
   tx, spec = train_step.make_optimizer(config, total_steps=10, warmup_steps=0)

@@ -31,7 +31,7 @@ def quick_gelu(x: jax.Array) -> jax.Array:
 
 def layer_norm(name: str) -> nn.LayerNorm:
   """A LayerNorm that computes and returns float32; later layers cast back to their dtype."""
-  return nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=jnp.float32, name=name)
+  return nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=jnp.float32, use_fast_variance=False, name=name)
 
 
 class MlpBlock(nn.Module):
