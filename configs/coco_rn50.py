@@ -23,6 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.dataset.zero_shot_label = ""  # COCO has no class labels; zero-shot is on CIFAR-10 in the paper
 
   config.model = rn50_config()
+  config.model.vocab_size = 49408  # CLIP's vocabulary size, as the BPE budget
   config.model.resnet.norm = "batch"
   config.model.resnet.axis_name = "batch"  # BatchNorm statistics over the global batch
   config.model.dtype = "bfloat16"

@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       train_split="train",
       eval_split="test",
       zero_shot_label="subcategory",
+      tokenizer="bpe",  # BPE trained on the train captions ('byte' for raw UTF-8 bytes)
       # CLIP's RGB normalisation.
       mean=(0.48145466, 0.4578275, 0.40821073),
       std=(0.26862954, 0.26130258, 0.27577711),
@@ -42,19 +43,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.image_size = 32
   config.model.embed_dim = 128
   config.model.resnet.layers = (1, 1, 1, 1)
-  config.model.resnet.width = 32
+  config.model.resnet.width = 16
   config.model.resnet.heads = 4
   config.model.text.width = 128
   config.model.text.depth = 2
   config.model.text.heads = 4
   config.model.context_length = 32
+  config.model.vocab_size = 2048  # also the BPE vocabulary budget
 
   config.batch_size = 256  # global, split over all local devices
   config.num_epochs = 30.0
   config.num_steps = -1  # > 0 overrides num_epochs
 
   config.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=2e-3, warmup_epochs=2.0, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, grad_clip_norm=0.0))
+      learning_rate=5e-4, warmup_epochs=2.0, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, grad_clip_norm=0.0))
   config.temperature = methods.temperature_defaults()
   config.swap = methods.swap_defaults()
 

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from modgap_jax import checkpoint, data, evaluation, models, run_io
-from modgap_jax.errors import ConfigError, check_range
+from modgap_jax.errors import ConfigError, check_choice, check_range
 from modgap_jax.plots import training as training_plots
 from modgap_jax.train_step import TrainState, init_state, learning_rate_schedule, make_optimizer, \
     make_pmapped_train_step
@@ -34,8 +34,9 @@ class Evaluator:
   """Embeds whole splits with pmapped encoders and computes every SPEC §2 metric."""
 
   def __init__(self, model: models.CLIP, config: ml_collections.ConfigDict, train_split: data.Examples,
-               eval_split: data.Examples, num_devices: int):
+               eval_split: data.Examples, num_devices: int, tokenizer: data.Tokenizer):
     self.config = config
+    self.tokenizer = tokenizer
     self.num_devices = num_devices
     self.train_split, self.eval_split = train_split, eval_split
     self.image_size = config.model.image_size
@@ -49,7 +50,7 @@ class Evaluator:
     if self.label_key and config.eval.zero_shot:
       classnames, templates = data.zero_shot_classes(config.dataset.name, self.label_key)
       prompts = [template.format(c) for c in classnames for template in templates]
-      self.class_tokens = data.tokenize(prompts, self.context_length)
+      self.class_tokens = tokenizer.encode(prompts, self.context_length)
       self.class_shape = (len(classnames), len(templates))
 
   def embed_images(self, variables: Any, split: data.Examples) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -67,7 +68,7 @@ class Evaluator:
     """[M, d] caption embeddings and each caption's image index."""
     chunks, image_index = [], []
     batches = data.eval_text_batches(split, batch_size=self.batch_size, num_devices=self.num_devices,
-                                     context_length=self.context_length)
+                                     context_length=self.context_length, tokenizer=self.tokenizer)
     for batch in batches:
       emb = np.asarray(self._encode_text(variables, batch["text"]))
       mask = batch["mask"].reshape(-1)
@@ -138,9 +139,26 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
       raise ConfigError(f"{field}={config[field]!r} must be a positive integer")
   if config.batch_size % num_devices:
     raise ConfigError(f"batch_size={config.batch_size} must be divisible by the {num_devices} local devices")
-  if config.model.vocab_size < data.tokenizer.vocab_size:
-    raise ConfigError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
-                      f"{data.tokenizer.vocab_size} ids; set it to at least {data.tokenizer.vocab_size}")
+
+
+def load_tokenizer(config: ml_collections.ConfigDict, train_split: data.Examples, workdir: str) -> data.Tokenizer:
+  """The run's tokenizer: reloaded from the workdir on resume, else made from the train captions.
+
+  BPE is trained on the training split's captions only, with at most ``model.vocab_size`` ids,
+  so the text tower's embedding table always covers it.
+  """
+  check_choice("dataset.tokenizer", config.dataset.tokenizer, data.TOKENIZER_KINDS)
+  path = os.path.join(workdir, "tokenizer.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      tokenizer = data.tokenizer_from_json(f.read())
+  else:
+    captions = [c for caps in train_split.captions() for c in caps]
+    tokenizer = data.make_tokenizer(config.dataset.tokenizer, captions, config.model.vocab_size)
+  if tokenizer.vocab_size > config.model.vocab_size:
+    raise ConfigError(f"model.vocab_size={config.model.vocab_size} is smaller than the {config.dataset.tokenizer} "
+                      f"tokenizer's {tokenizer.vocab_size} ids; set it to at least {tokenizer.vocab_size}")
+  return tokenizer
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -150,6 +168,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data_dir = config.dataset.data_dir or None
   train_split = data.load_examples(config.dataset.name, config.dataset.train_split, data_dir)
   eval_split = data.load_examples(config.dataset.name, config.dataset.eval_split, data_dir)
+  tokenizer = load_tokenizer(config, train_split, workdir)
   per_epoch, total_steps, warmup_steps = plan_steps(config, len(train_split))
   tx, spec = make_optimizer(config, total_steps, warmup_steps)
   model = models.create_model(config.model, spec.nu_init)
@@ -159,12 +178,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Everything above validates the config; only now does the run touch its workdir.
   os.makedirs(workdir, exist_ok=True)
   run_io.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  run_io.write_text(os.path.join(workdir, "tokenizer.json"), tokenizer.to_json())
   ckpt = checkpoint.Checkpointer(workdir, every=config.checkpoint_every, keep=config.keep_checkpoints)
   restored = ckpt.restore(state)
   state = restored if restored is not None else state
   start_step = int(state.step)
   log = run_io.MetricsLog(os.path.join(workdir, "metrics.jsonl"), resume_step=start_step)
-  evaluator = Evaluator(model, config, train_split, eval_split, num_devices)
+  evaluator = Evaluator(model, config, train_split, eval_split, num_devices, tokenizer)
   lr = learning_rate_schedule(config.optimizer, total_steps, warmup_steps)
 
   p_train_step = make_pmapped_train_step(model, tx, spec.reparam, config.swap)
@@ -172,7 +192,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   batches = data.train_batches(train_split, global_batch_size=config.batch_size, num_devices=num_devices,
                                image_size=config.model.image_size, context_length=config.model.context_length,
                                seed=config.seed, start_step=start_step, mean=config.dataset.mean,
-                               std=config.dataset.std)
+                               std=config.dataset.std, tokenizer=tokenizer)
   final_eval, embeddings = None, None
   started = time.time()
   bar = tqdm(total=total_steps, initial=start_step, desc=f"train {config.method}", unit="step",

@@ -1,4 +1,4 @@
-"""Offline datasets, a byte-level tokenizer and the host-side input pipeline.
+"""Offline datasets, tokenizers (bytes, or BPE trained on captions) and the input pipeline.
 
 Importing this package registers the TFDS builders ``twemoji_captions``,
 ``digits_captions``, ``mnist5k_captions`` and ``fashion_mnist_local``, so that
@@ -13,12 +13,21 @@ Typical use::
                                                 image_size=64, context_length=32, seed=0)):
     ...  # batch['image']: f32 [4, 64, 64, 64, 3], batch['text']: int32 [4, 64, 32]
 
+The byte tokenizer is the default; for BPE trained on the training captions, pass
+``tokenizer=data.make_tokenizer('bpe', [c for caps in train.captions() for c in caps], 2048)``
+to ``train_batches`` and ``eval_text_batches``, and store ``tokenizer.to_json()`` with the run
+(``data.tokenizer_from_json`` reads it back).
+
 Modules: ``registry`` (names, ``load``), ``examples`` (a split in memory),
-``pipeline`` (train/eval iterators), ``tokenizer``, ``prefetch``, ``zero_shot``, and one
-module per builder (``twemoji``, ``digits``, ``fashion_mnist``; ``coco`` adapts COCO).
+``pipeline`` (train/eval iterators), ``tokenizer`` (bytes, ``make_tokenizer``), ``bpe``,
+``prefetch``, ``zero_shot``, and one module per builder (``twemoji``, ``digits``,
+``fashion_mnist``; ``coco`` adapts COCO).
 """
 
+from modgap_jax.data import bpe
 from modgap_jax.data import tokenizer
+from modgap_jax.data.bpe import BPETokenizer
+from modgap_jax.data.bpe import train_bpe
 from modgap_jax.data.builder_base import TWEMOJI_ATTRIBUTION
 from modgap_jax.data.examples import Examples
 from modgap_jax.data.examples import InMemoryExamples
@@ -44,6 +53,11 @@ from modgap_jax.data.registry import builder
 from modgap_jax.data.registry import label_keys
 from modgap_jax.data.registry import load
 from modgap_jax.data.registry import prepare
+from modgap_jax.data.tokenizer import TOKENIZER_KINDS
+from modgap_jax.data.tokenizer import ByteTokenizer
+from modgap_jax.data.tokenizer import Tokenizer
 from modgap_jax.data.tokenizer import detokenize
+from modgap_jax.data.tokenizer import from_json as tokenizer_from_json
+from modgap_jax.data.tokenizer import make_tokenizer
 from modgap_jax.data.tokenizer import tokenize
 from modgap_jax.data.zero_shot import zero_shot_classes

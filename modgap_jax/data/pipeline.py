@@ -8,6 +8,7 @@ device axis [num_devices, per_device, ...]. Images are float32 NHWC RGB, normali
 
 Training (:func:`train_batches`), infinite, one step per batch:
   {'image': f32 [D, B/D, S, S, 3], 'text': int32 [D, B/D, L]}
+  (tokens from the ``tokenizer`` argument, the byte tokenizer by default)
   - epoch e visits every image at most once in the order ``permutation(seed, e)`` and
     drops the last ``n mod B`` images of that order;
   - each image gets one caption per epoch, ``captions[i][floor(u(seed, e, i) * k_i)]``
@@ -33,7 +34,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from modgap_jax.data import examples as examples_lib
-from modgap_jax.data import tokenizer
+from modgap_jax.data import tokenizer as tokenizer_lib
 from modgap_jax.errors import ConfigError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -42,6 +43,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # Stream ids that keep the permutation and the caption draws of an epoch independent.
 _PERMUTATION_STREAM = 0
 _CAPTION_STREAM = 1
+
+_BYTES = tokenizer_lib.ByteTokenizer()
 
 
 def normalize(images: np.ndarray, mean: Sequence[float] = CLIP_MEAN,
@@ -88,7 +91,8 @@ def _device_split(array: np.ndarray, num_devices: int) -> np.ndarray:
 def train_batches(data, *, global_batch_size: int, num_devices: int, image_size: int,
                   context_length: int, seed: int, start_step: int = 0,
                   mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
-                  process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+                  process_index: int = 0, process_count: int = 1,
+                  tokenizer: tokenizer_lib.Tokenizer | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Yields training batches forever, starting at step ``start_step``; see the module doc.
 
   Args:
@@ -102,6 +106,7 @@ def train_batches(data, *, global_batch_size: int, num_devices: int, image_size:
     mean, std: per-channel normalisation.
     process_index, process_count: for multi-host training, each process takes its
       contiguous ``1/process_count`` share of every global batch.
+    tokenizer: encodes the captions; None is the byte tokenizer.
 
   Yields:
     ``{'image': float32 [D, B/(P*D), S, S, 3], 'text': int32 [D, B/(P*D), L]}``.
@@ -120,12 +125,14 @@ def train_batches(data, *, global_batch_size: int, num_devices: int, image_size:
     raise ConfigError(f"start_step={start_step} must be >= 0")
   if not 0 <= process_index < process_count:
     raise ConfigError(f"process_index={process_index} must lie in [0, process_count={process_count})")
+  tokenizer_lib.check_context_length(context_length)
   return _train_iterator(data, global_batch_size, num_devices, image_size, context_length, seed,
-                         start_step, mean, std, process_index, process_count)
+                         start_step, mean, std, process_index, process_count,
+                         _BYTES if tokenizer is None else tokenizer)
 
 
 def _train_iterator(data, global_batch_size, num_devices, image_size, context_length, seed, start_step,
-                    mean, std, process_index, process_count):
+                    mean, std, process_index, process_count, tokenizer):
   n = len(data)
   per_epoch = steps_per_epoch(n, global_batch_size)
   per_process = global_batch_size // process_count
@@ -146,7 +153,7 @@ def _train_iterator(data, global_batch_size, num_devices, image_size, context_le
     texts = [caps[c] for caps, c in zip(captions, choice)]
     yield {
         "image": _device_split(normalize(images, mean, std), num_devices),
-        "text": _device_split(tokenizer.tokenize(texts, context_length), num_devices),
+        "text": _device_split(tokenizer.encode(texts, context_length), num_devices),
     }
     step += 1
 
@@ -201,9 +208,11 @@ def eval_image_batches(data, *, batch_size: int, num_devices: int, image_size: i
     yield {k: _device_split(v, num_devices) for k, v in batch.items()}
 
 
-def eval_text_batches(data, *, batch_size: int, num_devices: int,
-                      context_length: int) -> Iterator[dict[str, np.ndarray]]:
+def eval_text_batches(data, *, batch_size: int, num_devices: int, context_length: int,
+                      tokenizer: tokenizer_lib.Tokenizer | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Yields every caption once, image-major, with the index of its image; see the module doc.
+
+  ``tokenizer`` encodes the captions; None is the byte tokenizer.
 
   Yields:
     ``{'text': int32 [D, b, L], 'mask': bool [D, b], 'image_index': int32 [D, b],
@@ -212,12 +221,14 @@ def eval_text_batches(data, *, batch_size: int, num_devices: int,
   """
   data = examples_lib.as_examples(data)
   _check_batch("batch_size", batch_size, num_devices)
+  tokenizer_lib.check_context_length(context_length)
+  tokenizer = _BYTES if tokenizer is None else tokenizer
   texts = [text for caps in data.captions() for text in caps]
   image_index = caption_image_index(data)
   for start in range(0, len(texts), batch_size):
     stop = min(start + batch_size, len(texts))
     batch = {
-        "text": _pad(tokenizer.tokenize(texts[start:stop], context_length), batch_size, 0),
+        "text": _pad(tokenizer.encode(texts[start:stop], context_length), batch_size, 0),
         "mask": _pad(np.ones(stop - start, dtype=bool), batch_size, False),
         "image_index": _pad(image_index[start:stop], batch_size, -1),
         "caption_index": _pad(np.arange(start, stop, dtype=np.int32), batch_size, -1),
