@@ -51,7 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.context_length = 32
   config.model.vocab_size = 2048  # also the BPE vocabulary budget
 
-  config.batch_size = 256  # global, split over all local devices
+  config.batch_size = 128  # global, split over all local devices
   config.num_epochs = 30.0
   config.num_steps = -1  # > 0 overrides num_epochs
 
@@ -61,7 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.swap = methods.swap_defaults()
 
   config.log_every = 10
-  config.eval_every = 100  # steps; the last step is always evaluated
+  config.eval_every = 250  # steps; the last step is always evaluated
   config.checkpoint_every = 100
   config.keep_checkpoints = 3
   config.eval = ml_collections.ConfigDict(dict(

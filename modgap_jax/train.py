@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from modgap_jax import checkpoint, data, evaluation, models, run_io
+from modgap_jax import checkpoint, data, evaluation, models, run_io, swap, temperature
 from modgap_jax.errors import ConfigError, check_choice, check_range
 from modgap_jax.plots import training as training_plots
 from modgap_jax.train_step import TrainState, init_state, learning_rate_schedule, make_optimizer, \
@@ -134,6 +134,13 @@ def plan_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> tu
 
 
 def _check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Validates every field that needs no data, so a bad config fails before anything is built."""
+  check_choice("dataset.name", config.dataset.name, data.DATASETS)
+  check_choice("dataset.tokenizer", config.dataset.tokenizer, data.TOKENIZER_KINDS)
+  check_choice("swap.method", config.swap.method, swap.SWAP_METHODS)
+  check_range("swap.p", float(config.swap.p), 0.0, 1.0)
+  spec = temperature.spec_from_config(config.temperature, total_steps=1)
+  models.create_model(config.model, spec.nu_init)
   for field in ("batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
     if int(config[field]) < 1:
       raise ConfigError(f"{field}={config[field]!r} must be a positive integer")
@@ -147,7 +154,6 @@ def load_tokenizer(config: ml_collections.ConfigDict, train_split: data.Examples
   BPE is trained on the training split's captions only, with at most ``model.vocab_size`` ids,
   so the text tower's embedding table always covers it.
   """
-  check_choice("dataset.tokenizer", config.dataset.tokenizer, data.TOKENIZER_KINDS)
   path = os.path.join(workdir, "tokenizer.json")
   if os.path.exists(path):
     with open(path) as f:

@@ -243,8 +243,8 @@ def test_bad_method_is_a_config_error(arg, match):
     default.get_config(arg)
 
 
-def run_main(*args, cwd=REPO):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+def run_main(*args, data_dir, cwd=REPO):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "TFDS_DATA_DIR": str(data_dir)}
   return subprocess.run([sys.executable, "-m", "experiments.main", *args], cwd=cwd, env=env, capture_output=True,
                         text=True, timeout=300)
 
@@ -257,11 +257,12 @@ def run_main(*args, cwd=REPO):
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, flags, needle):
   workdir = tmp_path / "w"
-  result = run_main(*flags, f"--workdir={workdir}")
+  result = run_main(*flags, f"--workdir={workdir}", data_dir=tmp_path / "tfds")
   assert result.returncode == 2, result.stderr
   lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
   assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.stderr
   assert not workdir.exists()
+  assert not (tmp_path / "tfds").exists()  # rejected before any dataset was built
 
 
 def test_config_overrides_reach_the_config():
