@@ -87,6 +87,8 @@ def clip_loss_with_stats(image_emb: jax.Array, text_emb: jax.Array, beta: jax.Ar
     ClipLossStats of the *global* batch (n = m · devices), all float32 scalars. See the
     module docstring for what the gradient is under pmap.
   """
+  # jnp.asarray canonicalises NumPy float64 to float32 unless x64 is enabled.
+  image_emb, text_emb = jnp.asarray(image_emb), jnp.asarray(text_emb)
   if image_emb.shape != text_emb.shape or image_emb.ndim != 2:
     raise ValueError(f"image_emb and text_emb must both be [n, d]; got {image_emb.shape} and {text_emb.shape}")
   m = image_emb.shape[0]

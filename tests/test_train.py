@@ -265,12 +265,16 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, flags, nee
   assert not (tmp_path / "tfds").exists()  # rejected before any dataset was built
 
 
-def test_config_overrides_reach_the_config():
-  from ml_collections import config_flags  # noqa: F401  (the flag parser below is the real one)
-  from absl import flags
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True)
-  fv(["prog", f"--config={REPO}/configs/default.py:ts=S2", "--config.batch_size=64", "--config.swap.p=0.5",
-      "--config.temperature.beta_cap=50.0"])
-  assert fv.config.batch_size == 64 and fv.config.swap.p == 0.5 and fv.config.temperature.beta_cap == 50.0
-  assert fv.config.temperature.schedule.tau_end == 0.04
+def test_config_overrides_reach_the_config(monkeypatch):
+  """Overrides through the entry point's own flags, as `python -m experiments.main` parses them."""
+  from experiments import main as entry
+  argv = ["prog", f"--config={REPO}/configs/default.py:ts=S2", "--config.batch_size=64", "--config.swap.p=0.5",
+          "--config.temperature.beta_cap=50.0", "--workdir=/unused"]
+  monkeypatch.setattr(sys, "argv", argv)  # config_flags registers overrides from sys.argv
+  try:
+    entry._parse_flags(argv)
+    config = entry.FLAGS.config
+    assert config.batch_size == 64 and config.swap.p == 0.5 and config.temperature.beta_cap == 50.0
+    assert config.temperature.schedule.tau_end == 0.04 and config.method == "ts=S2"
+  finally:
+    entry.FLAGS.unparse_flags()
