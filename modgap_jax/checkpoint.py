@@ -33,14 +33,14 @@ class Checkpointer:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
-  def maybe_save(self, step: int, state: Any, *, force: bool = False) -> bool:
-    """Saves ``state`` (host arrays) at ``step`` if it is due, or if ``force``."""
-    if not force and step % self.every:
-      return False
-    if step in self._manager.all_steps():
-      return False
-    self._manager.save(step, args=ocp.args.StandardSave(state))
-    return True
+  def is_due(self, step: int) -> bool:
+    """Whether ``step`` falls on the save interval and is not saved yet."""
+    return step % self.every == 0 and step not in self._manager.all_steps()
+
+  def save(self, step: int, state: Any) -> None:
+    """Saves ``state`` (host arrays) at ``step``, unless that step is already saved."""
+    if step not in self._manager.all_steps():
+      self._manager.save(step, args=ocp.args.StandardSave(state))
 
   def close(self) -> None:
     """Blocks until pending saves are on disk."""

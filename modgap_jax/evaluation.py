@@ -7,8 +7,6 @@ the gap and alignment, and once in the image-only uniformity.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax.numpy as jnp
 import numpy as np
 
@@ -84,14 +82,19 @@ def embedding_metrics(image_emb: np.ndarray, text_emb: np.ndarray, text_to_image
   return out
 
 
-def classification_metrics(image_emb: np.ndarray, labels: np.ndarray, class_text_emb: np.ndarray,
+def classification_metrics(image_emb: np.ndarray, labels: np.ndarray | None, class_text_emb: np.ndarray | None,
                            probe_train: tuple[np.ndarray, np.ndarray] | None, *, probe_l2: float,
-                           probe_steps: int) -> dict[str, Any]:
-  """Zero-shot top-1 from class prompts, and linear-probe top-1 trained on ``probe_train``."""
-  out = {"zeroshot_top1": float(metrics.zero_shot_accuracy(image_emb, labels, class_text_emb))}
-  if probe_train is None:
-    out["linear_probe_top1"] = float("nan")
-  else:
+                           probe_steps: int) -> dict[str, float]:
+  """Zero-shot top-1 from class prompts, and linear-probe top-1 trained on ``probe_train``.
+
+  Each is NaN when its inputs are absent (a dataset without labels, or the metric turned off).
+  """
+  out = {"zeroshot_top1": float("nan"), "linear_probe_top1": float("nan")}
+  if labels is None:
+    return out
+  if class_text_emb is not None:
+    out["zeroshot_top1"] = float(metrics.zero_shot_accuracy(image_emb, labels, class_text_emb))
+  if probe_train is not None:
     train_feats, train_labels = probe_train
     out["linear_probe_top1"] = metrics.linear_probe_accuracy(train_feats, train_labels, image_emb, labels,
                                                              l2=probe_l2, steps=probe_steps)

@@ -90,23 +90,15 @@ class Evaluator:
     out = evaluation.embedding_metrics(image_emb, text_emb, text_to_image, beta=beta,
                                        loss_batch_size=self.config.batch_size,
                                        gap_pairs=self.config.eval.gap_pairs, seed=self.config.seed)
-    out["zeroshot_top1"] = out["linear_probe_top1"] = float("nan")
-    if self.label_key:
-      class_emb = None
-      if self.class_tokens is not None:
-        class_emb = self.embed_tokens(variables, self.class_tokens).reshape(*self.class_shape, -1)
-      probe_train = None
-      if self.config.eval.linear_probe:
-        train_emb, train_labels = self.embed_images(variables, self.train_split)
-        probe_train = (train_emb, train_labels[self.label_key])
-      if class_emb is not None:
-        out.update(evaluation.classification_metrics(
-            image_emb, labels[self.label_key], class_emb, probe_train, probe_l2=self.config.eval.probe_l2,
-            probe_steps=self.config.eval.probe_steps))
-      elif probe_train is not None:
-        out["linear_probe_top1"] = evaluation.metrics.linear_probe_accuracy(
-            *probe_train, image_emb, labels[self.label_key], l2=self.config.eval.probe_l2,
-            steps=self.config.eval.probe_steps)
+    class_emb = probe_train = None
+    if self.label_key and self.class_tokens is not None:
+      class_emb = self.embed_tokens(variables, self.class_tokens).reshape(*self.class_shape, -1)
+    if self.label_key and self.config.eval.linear_probe:
+      train_emb, train_labels = self.embed_images(variables, self.train_split)
+      probe_train = (train_emb, train_labels[self.label_key])
+    out.update(evaluation.classification_metrics(
+        image_emb, labels.get(self.label_key), class_emb, probe_train, probe_l2=self.config.eval.probe_l2,
+        probe_steps=self.config.eval.probe_steps))
     return out, {"image": image_emb, "text": text_emb, "text_to_image": text_to_image}
 
 
@@ -217,7 +209,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if step % config.eval_every == 0 or step == total_steps:
         final_eval, embeddings = _evaluate(evaluator, p_state, spec)
         log.write(step, "eval", final_eval)
-      ckpt.maybe_save(step, jax.device_get(flax.jax_utils.unreplicate(p_state)), force=step == total_steps)
+      if ckpt.is_due(step) or step == total_steps:  # fetch the state only when it is saved
+        ckpt.save(step, jax.device_get(flax.jax_utils.unreplicate(p_state)))
     batch_iter.close()
   finally:
     bar.close()

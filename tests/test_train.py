@@ -191,15 +191,14 @@ def test_resumed_run_reproduces_uninterrupted_run(tmp_path, digits_dir, monkeypa
   train.train_and_evaluate(config, straight)
 
   resumed = str(tmp_path / "resumed")
-  original_save = checkpoint.Checkpointer.maybe_save
+  original_is_due = checkpoint.Checkpointer.is_due
 
-  def save_then_die(self, step, state, *, force=False):
-    saved = original_save(self, step, state, force=force)
+  def is_due_or_die(self, step):
     if step == 4:  # the kill lands after step 4 is logged; the last checkpoint is step 3
       raise KeyboardInterrupt("simulated kill")
-    return saved
+    return original_is_due(self, step)
 
-  monkeypatch.setattr(checkpoint.Checkpointer, "maybe_save", save_then_die)
+  monkeypatch.setattr(checkpoint.Checkpointer, "is_due", is_due_or_die)
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(config, resumed)
   monkeypatch.undo()
@@ -278,3 +277,18 @@ def test_config_overrides_reach_the_config(monkeypatch):
     assert config.temperature.schedule.tau_end == 0.04 and config.method == "ts=S2"
   finally:
     entry.FLAGS.unparse_flags()
+
+
+def test_metrics_log_cuts_back_to_the_resumed_step(tmp_path):
+  from modgap_jax import run_io
+  path = str(tmp_path / "metrics.jsonl")
+  with open(path, "w") as f:
+    for step in range(1, 6):
+      f.write(json.dumps({"step": step, "split": "train", "loss": float(step)}) + "\n")
+    f.write('{"step": 6, "split": "tr')  # a line torn by a kill mid-write
+  log = run_io.MetricsLog(path, resume_step=3)
+  log.write(4, "train", {"loss": np.float32(0.5), "tau": np.array(0.07)})
+  log.close()
+  records = run_io.read_metrics(path)
+  assert [r["step"] for r in records] == [1, 2, 3, 4]
+  assert records[-1] == {"step": 4, "split": "train", "loss": 0.5, "tau": pytest.approx(0.07)}

@@ -107,34 +107,31 @@ def theorem32(t, beta, gamma, rate: float, t_lo: float = 1e4, t_hi: float = 1e6)
   }
 
 
+def _windowed_slopes(t, gamma, edges, x_of_t) -> list:
+  """Slope of log|γ| against x_of_t(t) on consecutive windows [edges[k], edges[k+1]], mean over B."""
+  t, gamma = _rows(t), _rows(gamma)
+  out = []
+  for lo, hi in zip(edges[:-1], edges[1:]):
+    slopes = []
+    for tr, gr in zip(t, gamma):
+      m = _window(tr, lo, hi) & _resolved(gr)
+      slopes.append(linear_fit(x_of_t(tr[m]), np.log(np.abs(gr[m])))["slope"])
+    out.append(float(np.nanmean(slopes)))
+  return out
+
+
 def local_exponents(t, gamma, edges) -> list:
   """d log γ / d log log t, fitted on consecutive windows [edges[k], edges[k+1]] (mean over B).
 
   A power of 1/log t has a constant local exponent; a faster decay (e.g. e^{−β²}) has one
   that keeps falling.
   """
-  t, gamma = _rows(t), _rows(gamma)
-  out = []
-  for lo, hi in zip(edges[:-1], edges[1:]):
-    slopes = []
-    for tr, gr in zip(t, gamma):
-      m = _window(tr, lo, hi) & _resolved(gr)
-      slopes.append(linear_fit(np.log(np.log(tr[m])), np.log(np.abs(gr[m])))["slope"])
-    out.append(float(np.nanmean(slopes)))
-  return out
+  return _windowed_slopes(t, gamma, edges, lambda tt: np.log(np.log(tt)))
 
 
 def local_power_of_t(t, gamma, edges) -> list:
   """d log γ / d log t on consecutive windows (mean over B): −1 − 1/log t for 1/(t log t)."""
-  t, gamma = _rows(t), _rows(gamma)
-  out = []
-  for lo, hi in zip(edges[:-1], edges[1:]):
-    slopes = []
-    for tr, gr in zip(t, gamma):
-      m = _window(tr, lo, hi) & _resolved(gr)
-      slopes.append(linear_fit(np.log(tr[m]), np.log(np.abs(gr[m])))["slope"])
-    out.append(float(np.nanmean(slopes)))
-  return out
+  return _windowed_slopes(t, gamma, edges, np.log)
 
 
 def exponential_decay(t, gamma, t_lo: float, t_hi: float) -> dict:
