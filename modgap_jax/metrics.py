@@ -259,7 +259,7 @@ def _same_device(*arrays):
 
 
 def retrieval_recall(image_emb, text_emb, ks: Sequence[int] = (1, 5, 10), text_to_image=None,
-                     *, chunk_size: int = 1024) -> dict[str, float]:
+                     *, chunk_size: int = 1024, axis_name: str | None = None) -> dict[str, float]:
   """Recall@K in both directions (SPEC §2), without building the [N_img, N_txt] matrix.
 
   Image → text: an image hits at K if *any* of its captions is among its top-K texts.
@@ -282,11 +282,21 @@ def retrieval_recall(image_emb, text_emb, ks: Sequence[int] = (1, 5, 10), text_t
       belongs to image i, and then N_txt must equal N_img.
     chunk_size: query rows per block; peak memory is about chunk_size · max(N_img, N_txt)
       scores plus the embeddings.
+    axis_name: inside ``jax.pmap``, the axis the rows are sharded over: each device gathers
+      all rows (``text_to_image`` then indexes the gathered arrays) and every device returns
+      the global recall. Without it, a call under jit/pmap scores only the arrays it is given.
 
   Returns:
-    ``{'i2t_r{K}': ..., 't2i_r{K}': ...}`` as Python floats in [0, 1]. "Text retrieval" in
-    the paper is i2t, "image retrieval" is t2i.
+    ``{'i2t_r{K}': ..., 't2i_r{K}': ...}`` in [0, 1]: Python floats when called eagerly,
+    0-d arrays when traced (under jit or pmap). "Text retrieval" in the paper is i2t,
+    "image retrieval" is t2i.
   """
+  if axis_name is not None:
+    image_emb = lax.all_gather(image_emb, axis_name, tiled=True)
+    text_emb = lax.all_gather(text_emb, axis_name, tiled=True)
+  traced = any(isinstance(x, jax.core.Tracer) for x in (image_emb, text_emb))
+  if isinstance(text_to_image, jax.core.Tracer):
+    raise errors.ConfigError("text_to_image must be a concrete array (NumPy), not a traced value")
   n_img, n_txt = image_emb.shape[0], text_emb.shape[0]
   if text_to_image is None:
     if n_img != n_txt:
@@ -306,8 +316,11 @@ def retrieval_recall(image_emb, text_emb, ks: Sequence[int] = (1, 5, 10), text_t
     raise errors.ConfigError(f"ks={ks} must all be positive")
 
   own_captions = _captions_per_image(text_to_image, n_img)
-  image_emb, text_emb, text_to_image, own_captions = _same_device(
-      _acc(image_emb), _acc(text_emb), jnp.asarray(text_to_image, jnp.int32), own_captions)
+  image_emb, text_emb = _acc(image_emb), _acc(text_emb)
+  text_to_image = jnp.asarray(text_to_image, jnp.int32)
+  if not traced:
+    image_emb, text_emb, text_to_image, own_captions = _same_device(image_emb, text_emb, text_to_image,
+                                                                   own_captions)
 
   b_img = min(chunk_size, max(n_img, 1))
   b_txt = min(chunk_size, max(n_txt, 1))
@@ -317,6 +330,10 @@ def retrieval_recall(image_emb, text_emb, ks: Sequence[int] = (1, 5, 10), text_t
       _chunked(image_emb, b_img, 0.0), _chunked(own_captions, b_img, -1), text_emb)
   t2i_rank = _text_to_image_ranks(
       _chunked(text_emb, b_txt, 0.0), _chunked(text_to_image, b_txt, 0), image_emb)
+  if traced:
+    i2t_rank, t2i_rank = i2t_rank[:n_img], t2i_rank[:n_txt]
+    return {name: jnp.mean(rank < k) for k in ks
+            for name, rank in ((f"i2t_r{k}", i2t_rank), (f"t2i_r{k}", t2i_rank))}
   i2t_rank = np.asarray(i2t_rank)[:n_img]
   t2i_rank = np.asarray(t2i_rank)[:n_txt]
 

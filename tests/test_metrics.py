@@ -287,6 +287,21 @@ def test_gap_and_recall_agree_between_one_device_and_pmap():
   np.testing.assert_allclose(float(metrics.modality_gap(gx, gy)), single_gap, rtol=1e-6)
   assert metrics.retrieval_recall(gx, gy) == single_recall
 
+  # retrieval_recall itself inside pmap: with axis_name every device returns the global
+  # recall; several captions per image index the gathered arrays.
+  pmapped = jax.pmap(lambda a, b: metrics.retrieval_recall(a, b, axis_name="i"), axis_name="i")(shard(x), shard(y))
+  for key, value in single_recall.items():
+    np.testing.assert_allclose(np.asarray(pmapped[key]), np.full(n_dev, value), rtol=1e-6)
+  caption_to_image = np.repeat(np.arange(len(x) // 2), 2)
+  two_each = metrics.retrieval_recall(x[::2], y, text_to_image=caption_to_image)
+  pmapped_two = jax.pmap(lambda a, b: metrics.retrieval_recall(a, b, text_to_image=caption_to_image, axis_name="i"),
+                         axis_name="i")(shard(x[::2]), shard(y))
+  for key, value in two_each.items():
+    np.testing.assert_allclose(np.asarray(pmapped_two[key]), np.full(n_dev, value), rtol=1e-6)
+  # Under jit alone it scores the arrays it is given.
+  jitted = jax.jit(metrics.retrieval_recall)(x, y)
+  assert {k: float(v) for k, v in jitted.items()} == pytest.approx(single_recall)
+
   # Sharded pmap outputs, reshaped to [N, d], and arrays committed to different devices.
   sharded_x = jax.pmap(lambda a: a)(shard(x)).reshape(x.shape)
   sharded_y = jax.pmap(lambda a: a)(shard(y)).reshape(y.shape)
