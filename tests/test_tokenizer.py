@@ -270,8 +270,8 @@ def test_pipeline_with_bpe_keeps_shapes_and_captions():
   assert texts == _flat_captions(ds)
 
 
-def test_bpe_compresses_twemoji_captions():
-  captions = _flat_captions(data.load_examples("twemoji_captions", "train"))
+def test_bpe_compresses_twemoji_captions(tmp_path):
+  captions = _flat_captions(data.load_examples("twemoji_captions", "train", str(tmp_path)))
   tok = bpe.train_bpe(captions, 2048)
   assert tok.vocab_size == 2048
   lengths = {}  # Tokens per caption, SOT and EOT included; the context is long enough for all.
