@@ -18,7 +18,6 @@ import time
 
 import flax.jax_utils
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import flax.jax_utils
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm import tqdm
