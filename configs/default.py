@@ -37,6 +37,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # CLIP's RGB normalisation.
       mean=(0.48145466, 0.4578275, 0.40821073),
       std=(0.26862954, 0.26130258, 0.27577711),
+      # 'auto': a split that fits (see train.RESIDENT_LIMIT_BYTES) lives on the devices and the
+      # step draws its own batches there; 'no' streams host batches (large data sets).
+      on_device="auto",
+      mismatch_fraction=0.0,  # share of training images paired with another image's captions
+      augment_min_scale=1.0,  # random crops of scale [min, 1], on device; 1.0 = none
   ))
 
   config.model = default_model_config()
@@ -60,6 +65,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.temperature = methods.temperature_defaults()
   config.swap = methods.swap_defaults()
 
+  # Train steps per device call (a lax.scan; logs stay per step). 0 = auto: 1 on CPU, where a
+  # dispatch costs little and a scanned step runs slower, 10 on accelerators.
+  config.steps_per_dispatch = 0
   config.log_every = 10
   config.eval_every = 250  # steps; the last step is always evaluated
   config.checkpoint_every = 100

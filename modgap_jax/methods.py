@@ -6,7 +6,8 @@ A method is named by the config argument, e.g. ``configs/default.py:ts=S3``:
 - ``flt=τ``: fixed large temperature (SPEC §4.1; the paper sweeps 0.01 … 0.4).
 - ``ts=S0`` … ``ts=S3``: τ rises linearly from 0.01 to 0.02/0.03/0.04/0.05 over training.
 - ``tr=softplus`` or ``tr=exp_scaled`` (optionally ``tr=exp_scaled:s``): reparameterised β.
-- ``slrt`` (optionally ``slrt=c``): ν's learning rate × 0.1 (or × c).
+- ``slrt`` (optionally ``slrt=c``): ν's learning rate × 0.1 (or × c), relative to the config's
+  ``temperature.lr_multiplier``.
 - ``hs=p`` / ``ss=p``: hard or soft modality swap in a p-fraction of steps (SPEC §4.2).
 """
 
@@ -50,7 +51,8 @@ def apply_method(config: ml_collections.ConfigDict, method: str) -> ml_collectio
     if scale:
       t.scale = check_range("tr scale", _float("tr scale", scale), 1.0, None, low_inclusive=False)
   elif name == "slrt":
-    t.lr_multiplier = check_range("slrt", _float("slrt", value), 0.0, None) if value else 0.1
+    # Relative to the config's own ν rate, so a regime that speeds ν up keeps SLRT at ×0.1 of it.
+    t.lr_multiplier *= check_range("slrt", _float("slrt", value), 0.0, None) if value else 0.1
   elif name in ("hs", "ss"):
     s.method = "hard" if name == "hs" else "soft"
     s.p = check_range(name, _float(name, value), 0.0, 1.0)

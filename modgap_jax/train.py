@@ -19,11 +19,16 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from modgap_jax import checkpoint, data, evaluation, models, run_io, swap, temperature
+from modgap_jax import checkpoint, data, evaluation, models, run_io, swap, temperature, timing
+from modgap_jax import train_step as train_step_lib
+from modgap_jax.data import resident
 from modgap_jax.errors import ConfigError, check_choice, check_range
 from modgap_jax.plots import training as training_plots
-from modgap_jax.train_step import TrainState, init_state, learning_rate_schedule, make_optimizer, \
-    make_pmapped_train_step
+from modgap_jax.train_step import TrainState, init_state, learning_rate_schedule, make_optimizer
+
+# A train split up to this size (images + tokens, per device) is kept on the devices.
+RESIDENT_LIMIT_BYTES = 2 << 30
+ON_DEVICE_CHOICES = ("auto", "yes", "no")
 
 TRAIN_LOG_KEYS = ("loss", "loss_i2t", "loss_t2i", "positive_logit", "negative_logit", "nu", "beta", "tau",
                   "grad_norm", "gap")
@@ -132,6 +137,11 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   check_range("swap.p", float(config.swap.p), 0.0, 1.0)
   spec = temperature.spec_from_config(config.temperature, total_steps=1)
   models.create_model(config.model, spec.nu_init)
+  check_choice("dataset.on_device", config.dataset.on_device, ON_DEVICE_CHOICES)
+  resident.Augment(config.dataset.augment_min_scale)
+  check_range("dataset.mismatch_fraction", float(config.dataset.mismatch_fraction), 0.0, 1.0)
+  if int(config.steps_per_dispatch) < 0:
+    raise ConfigError(f"steps_per_dispatch={config.steps_per_dispatch!r} must be >= 0 (0 = auto)")
   for field in ("batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
     if int(config[field]) < 1:
       raise ConfigError(f"{field}={config[field]!r} must be a positive integer")
@@ -158,68 +168,152 @@ def load_tokenizer(config: ml_collections.ConfigDict, train_split: data.Examples
   return tokenizer
 
 
+def _use_resident(config: ml_collections.ConfigDict, split: data.Examples, num_devices: int) -> bool:
+  """Whether the train split goes on the devices (``dataset.on_device``: auto, yes or no)."""
+  mode = config.dataset.on_device
+  if mode == "no":
+    return False
+  side = config.model.image_size
+  approx_bytes = len(split) * (side * side * 3 + 4 * 4 * config.model.context_length)
+  fits = isinstance(split, data.InMemoryExamples) and approx_bytes <= RESIDENT_LIMIT_BYTES
+  if mode == "yes" and not isinstance(split, data.InMemoryExamples):
+    raise ConfigError(f"dataset.on_device='yes' needs an in-memory split; {config.dataset.name!r} is read lazily")
+  return mode == "yes" or fits
+
+
+class _Batches:
+  """Where a run's training batches come from: the resident split, or a host stream."""
+
+  def __init__(self, config, train_split, tokenizer, model, tx, spec, num_devices, start_step, total_steps):
+    self.resident = _use_resident(config, train_split, num_devices)
+    if self.resident:
+      split = resident.make_resident_split(
+          train_split, tokenizer, image_size=config.model.image_size, context_length=config.model.context_length,
+          seed=config.seed, mismatch_fraction=config.dataset.mismatch_fraction)
+      sampling = resident.Sampling(len(train_split), config.batch_size, tuple(config.dataset.mean),
+                                        tuple(config.dataset.std),
+                                        resident.Augment(config.dataset.augment_min_scale))
+      self._inputs = flax.jax_utils.replicate((split, resident.data_key(config.seed)))
+      self.steps = train_step_lib.make_resident_multistep(model, tx, spec.reparam, config.swap, sampling)
+    else:
+      if config.dataset.mismatch_fraction or config.dataset.augment_min_scale < 1.0:
+        raise ConfigError("dataset.mismatch_fraction and dataset.augment_min_scale need the on-device split "
+                          "(dataset.on_device='auto' or 'yes' on a dataset that fits)")
+      batches = data.train_batches(train_split, global_batch_size=config.batch_size, num_devices=num_devices,
+                                   image_size=config.model.image_size, context_length=config.model.context_length,
+                                   seed=config.seed, start_step=start_step, mean=config.dataset.mean,
+                                   std=config.dataset.std, tokenizer=tokenizer)
+      self._stream = data.prefetch(batches, buffer_size=2 * steps_per_dispatch(config))
+      self.steps = train_step_lib.make_streamed_multistep(model, tx, spec.reparam, config.swap)
+
+  def run(self, num_steps: int, p_state):
+    """Runs ``num_steps`` steps in one dispatch; returns the new state and [D, k] logs."""
+    if self.resident:
+      return self.steps.run(num_steps, p_state, *self._inputs)
+    # [D, b, ...] per step → [D, k, b, ...]: the scan runs over axis 1 on each device.
+    host = [next(self._stream) for _ in range(num_steps)]
+    stacked = jax.tree.map(lambda *xs: np.stack(xs, axis=1), *host)
+    return self.steps.run(num_steps, p_state, stacked)
+
+  def close(self):
+    if not self.resident:
+      self._stream.close()
+
+
+def steps_per_dispatch(config: ml_collections.ConfigDict) -> int:
+  """``config.steps_per_dispatch``, with 0 resolved: 1 on CPU, 10 on accelerators."""
+  k = int(config.steps_per_dispatch)
+  return k if k > 0 else (1 if jax.default_backend() == "cpu" else 10)
+
+
+def next_stop(step: int, total_steps: int, config: ml_collections.ConfigDict) -> int:
+  """The first step after ``step`` at which the host must act: an eval, a checkpoint or the end.
+
+  A dispatch never runs past it, so evaluations and checkpoints happen at exactly their steps.
+  """
+  stops = [total_steps, step + steps_per_dispatch(config)]
+  for every in (config.eval_every, config.checkpoint_every):
+    stops.append((step // every + 1) * every)
+  return min(stops)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Runs (or resumes) training and returns the final eval metrics."""
+  clock = timing.PhaseClock()
   num_devices = jax.local_device_count()
   _check_config(config, num_devices)
   data_dir = config.dataset.data_dir or None
-  train_split = data.load_examples(config.dataset.name, config.dataset.train_split, data_dir)
-  eval_split = data.load_examples(config.dataset.name, config.dataset.eval_split, data_dir)
-  tokenizer = load_tokenizer(config, train_split, workdir)
+  with clock("dataset"):
+    train_split = data.load_examples(config.dataset.name, config.dataset.train_split, data_dir)
+    eval_split = data.load_examples(config.dataset.name, config.dataset.eval_split, data_dir)
+    tokenizer = load_tokenizer(config, train_split, workdir)
   per_epoch, total_steps, warmup_steps = plan_steps(config, len(train_split))
   tx, spec = make_optimizer(config, total_steps, warmup_steps)
   model = models.create_model(config.model, spec.nu_init)
   image_shape = (config.model.image_size, config.model.image_size, 3)
-  state = init_state(model, tx, jax.random.PRNGKey(config.seed), image_shape, config.model.context_length)
+  with clock("setup"):
+    state = init_state(model, tx, jax.random.PRNGKey(config.seed), image_shape, config.model.context_length)
 
   # Everything above validates the config; only now does the run touch its workdir.
   os.makedirs(workdir, exist_ok=True)
   run_io.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   run_io.write_text(os.path.join(workdir, "tokenizer.json"), tokenizer.to_json())
   ckpt = checkpoint.Checkpointer(workdir, every=config.checkpoint_every, keep=config.keep_checkpoints)
-  restored = ckpt.restore(state)
+  with clock("checkpoint"):
+    restored = ckpt.restore(state)
   state = restored if restored is not None else state
   start_step = int(state.step)
   log = run_io.MetricsLog(os.path.join(workdir, "metrics.jsonl"), resume_step=start_step)
-  evaluator = Evaluator(model, config, train_split, eval_split, num_devices, tokenizer)
+  with clock("dataset"):
+    evaluator = Evaluator(model, config, train_split, eval_split, num_devices, tokenizer)
+    batches = _Batches(config, train_split, tokenizer, model, tx, spec, num_devices, start_step, total_steps)
   lr = learning_rate_schedule(config.optimizer, total_steps, warmup_steps)
 
-  p_train_step = make_pmapped_train_step(model, tx, spec.reparam, config.swap)
   p_state = flax.jax_utils.replicate(state)
-  batches = data.train_batches(train_split, global_batch_size=config.batch_size, num_devices=num_devices,
-                               image_size=config.model.image_size, context_length=config.model.context_length,
-                               seed=config.seed, start_step=start_step, mean=config.dataset.mean,
-                               std=config.dataset.std, tokenizer=tokenizer)
   final_eval, embeddings = None, None
-  started = time.time()
   bar = tqdm(total=total_steps, initial=start_step, desc=f"train {config.method}", unit="step",
              disable=not config.progress_bar, dynamic_ncols=True)
+  step = start_step
   try:
-    batch_iter = data.prefetch(batches, buffer_size=2)
-    for step in range(start_step + 1, total_steps + 1):
-      p_state, logs = p_train_step(p_state, next(batch_iter))
-      bar.update(1)
-      if step % config.log_every == 0 or step == total_steps:
-        host_logs = {k: float(v[0]) for k, v in jax.device_get(logs).items()}
-        host_logs["learning_rate"] = float(lr(step - 1))
-        host_logs["epoch"] = step / per_epoch
-        log.write(step, "train", host_logs)
-        bar.set_postfix(loss=f"{host_logs['loss']:.3f}", tau=f"{host_logs['tau']:.4f}", gap=f"{host_logs['gap']:.3f}")
+    while step < total_steps:
+      stop = next_stop(step, total_steps, config)
+      with clock("train"):
+        p_state, logs = batches.run(stop - step, p_state)
+        logged = [s for s in range(step + 1, stop + 1) if s % config.log_every == 0 or s == total_steps]
+        if logged:
+          host = jax.device_get(logs)
+          for s in logged:
+            host_logs = {k: float(v[0, s - step - 1]) for k, v in host.items()}
+            host_logs["learning_rate"] = float(lr(s - 1))
+            host_logs["epoch"] = s / per_epoch
+            log.write(s, "train", host_logs)
+          bar.set_postfix(loss=f"{host_logs['loss']:.3f}", tau=f"{host_logs['tau']:.4f}",
+                          gap=f"{host_logs['gap']:.3f}")
+        else:
+          jax.block_until_ready(p_state.step)
+      bar.update(stop - step)
+      step = stop
       if step % config.eval_every == 0 or step == total_steps:
-        final_eval, embeddings = _evaluate(evaluator, p_state, spec)
+        with clock("eval"):
+          final_eval, embeddings = _evaluate(evaluator, p_state, spec)
         log.write(step, "eval", final_eval)
       if ckpt.is_due(step) or step == total_steps:  # fetch the state only when it is saved
-        ckpt.save(step, jax.device_get(flax.jax_utils.unreplicate(p_state)))
-    batch_iter.close()
+        with clock("checkpoint"):
+          ckpt.save(step, jax.device_get(flax.jax_utils.unreplicate(p_state)))
   finally:
+    batches.close()
     bar.close()
     log.close()
-    ckpt.close()
+    with clock("checkpoint"):
+      ckpt.close()
 
   if final_eval is None:  # the run had already finished: report the restored final state
-    final_eval, embeddings = _evaluate(evaluator, p_state, spec)
-  write_outputs(workdir, config, final_eval, embeddings, total_steps=total_steps, num_devices=num_devices,
-                seconds=time.time() - started, resumed_from=start_step)
+    with clock("eval"):
+      final_eval, embeddings = _evaluate(evaluator, p_state, spec)
+  clock.move("train", "compile", batches.steps.compile_seconds)
+  with clock("outputs"):
+    write_outputs(workdir, config, final_eval, embeddings, total_steps=total_steps, num_devices=num_devices,
+                  clock=clock, resumed_from=start_step)
   return final_eval
 
 
@@ -233,8 +327,8 @@ def _evaluate(evaluator: Evaluator, p_state: Any, spec) -> tuple[dict[str, float
 
 
 def write_outputs(workdir: str, config: ml_collections.ConfigDict, final_eval: dict[str, float],
-                  embeddings: dict[str, np.ndarray], *, total_steps: int, num_devices: int, seconds: float,
-                  resumed_from: int) -> None:
+                  embeddings: dict[str, np.ndarray], *, total_steps: int, num_devices: int,
+                  clock: timing.PhaseClock, resumed_from: int) -> None:
   """report.md and the figures, from metrics.jsonl and the final embeddings."""
   records = run_io.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   training_plots.plot_curves(records, os.path.join(workdir, "curves.png"))
@@ -244,7 +338,7 @@ def write_outputs(workdir: str, config: ml_collections.ConfigDict, final_eval: d
       title=f"{config.method}: Δ = {final_eval['gap']:.3f}, τ = {final_eval['tau']:.4f}", seed=config.seed)
   run_io.write_text(os.path.join(workdir, "report.md"),
                     render_report(config, final_eval, total_steps=total_steps, num_devices=num_devices,
-                                  seconds=seconds, resumed_from=resumed_from))
+                                  clock=clock, resumed_from=resumed_from))
 
 
 REPORT_ROWS = (
@@ -259,8 +353,20 @@ REPORT_ROWS = (
 )
 
 
+PHASE_LABELS = {
+    "dataset": "dataset build and load, tokenizer, device-resident split",
+    "setup": "model initialisation",
+    "compile": "train-step compilation",
+    "train": "train steps",
+    "eval": "evaluation (its compilation included)",
+    "checkpoint": "checkpoints (restore, save)",
+    "outputs": "figures and report",
+    "other": "outside the phases above (this report included; imports excluded)",
+}
+
+
 def render_report(config: ml_collections.ConfigDict, final_eval: dict[str, float], *, total_steps: int,
-                  num_devices: int, seconds: float, resumed_from: int) -> str:
+                  num_devices: int, clock: timing.PhaseClock, resumed_from: int) -> str:
   """A short Markdown report of the final evaluation."""
 
   def fmt(key):
@@ -275,10 +381,15 @@ def render_report(config: ml_collections.ConfigDict, final_eval: dict[str, float
       f"β cap {t.beta_cap or 'none'}, ν lr × {t.lr_multiplier}",
       f"- swap: `{config.swap.method}` with p = {config.swap.p}",
       f"- {total_steps} steps of global batch {config.batch_size} on {num_devices} device(s); "
-      f"this invocation ran {seconds:.0f} s" + (f", resumed from step {resumed_from}" if resumed_from else ""),
+      f"{steps_per_dispatch(config)} per dispatch" + (f", resumed from step {resumed_from}" if resumed_from else ""),
       "", "| metric | final |", "|---|---|",
   ]
   lines += [f"| {label} | {fmt(key)} |" for label, key in REPORT_ROWS]
+  rows = clock.rows()
+  total = sum(seconds for _, seconds in rows)
+  lines += ["", f"Wall time of this invocation: {total:.1f} s", "", "| phase | seconds | share |", "|---|---|---|"]
+  lines += [f"| {PHASE_LABELS.get(phase, phase)} | {seconds:.1f} | {seconds / max(total, 1e-9):.0%} |"
+            for phase, seconds in rows]
   lines += ["", "Figures: `curves.png` (loss, τ, Δ over steps), `embeddings_pca.png` (paper Fig. 1 style).",
             "All numbers per step: `metrics.jsonl`.", ""]
   return "\n".join(lines)

@@ -182,11 +182,72 @@ def test_train_and_evaluate_end_to_end_on_digits(tmp_path, digits_dir):
     assert r["i2t_r1"] <= r["i2t_r5"] <= r["i2t_r10"]
   assert final["gap"] == pytest.approx(eval_lines[-1]["gap"])
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
-  assert "| modality gap Δ (all pairs) |" in open(os.path.join(workdir, "report.md")).read()
+  report = open(os.path.join(workdir, "report.md")).read()
+  assert "| modality gap Δ (all pairs) |" in report
+  for phase in ("dataset build", "train-step compilation", "train steps", "evaluation"):
+    assert f"| {phase}" in report, phase
 
 
-def test_resumed_run_reproduces_uninterrupted_run(tmp_path, digits_dir, monkeypatch):
-  config = digits_config(**{"dataset.data_dir": digits_dir, "eval_every": 100, "eval.linear_probe": False})
+def test_multistep_dispatch_keeps_logs_evals_and_checkpoints_at_their_steps(tmp_path, digits_dir):
+  # 4 steps per dispatch, but evaluations and checkpoints every 3: dispatches stop at 3 and 6.
+  config = digits_config(**{"dataset.data_dir": digits_dir, "steps_per_dispatch": 4, "num_steps": 7,
+                            "eval.linear_probe": False})
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in records if r["split"] == "train"] == list(range(1, 8))
+  assert [r["step"] for r in records if r["split"] == "eval"] == [3, 6, 7]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6", "7"]
+
+
+def test_study_regime_keeps_slrt_relative_to_its_own_nu_rate():
+  from configs import regime
+  assert regime.get_config("baseline").temperature.lr_multiplier == 100.0
+  assert regime.get_config("slrt").temperature.lr_multiplier == pytest.approx(10.0)
+  assert regime.get_config("flt=0.04").temperature.mode == "fixed"
+
+
+def test_next_stop_never_crosses_an_eval_or_checkpoint():
+  config = digits_config(**{"steps_per_dispatch": 10, "eval_every": 25, "checkpoint_every": 20})
+  stops, step = [], 0
+  while step < 64:
+    step = train.next_stop(step, 64, config)
+    stops.append(step)
+  assert stops == [10, 20, 25, 35, 40, 50, 60, 64]
+
+
+def test_scanned_steps_equal_single_steps():
+  config = digits_config()
+  tx, spec = train_step.make_optimizer(config, 100, 2)
+  model = models.create_model(config.model, spec.nu_init)
+  state = train_step.init_state(model, tx, jax.random.PRNGKey(0), (8, 8, 3), 24)
+  rng = np.random.default_rng(0)
+  batches = [random_batch(rng, 4, 64, 8, 24) for _ in range(3)]
+  single = train_step.make_pmapped_train_step(model, tx, spec.reparam, config.swap)
+  p_state = flax.jax_utils.replicate(state)
+  losses = []
+  for batch in batches:
+    p_state, logs = single(p_state, batch)
+    losses.append(float(logs["loss"][0]))
+  for unroll in (False, True):
+    scanned = train_step.MultiStep(train_step.streamed_steps,
+                                   dict(step_fn=train_step.bind_step(model, tx, spec.reparam, config.swap),
+                                        unroll=unroll))
+    stacked = jax.tree.map(lambda *xs: np.stack(xs, axis=1), *batches)
+    q_state, q_logs = scanned.run(3, flax.jax_utils.replicate(state), stacked)
+    np.testing.assert_allclose(q_logs["loss"][0], losses, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(p_state.params), jax.tree.leaves(q_state.params)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides", [
+    {},  # the device-resident split, one step per dispatch
+    {"steps_per_dispatch": 2, "dataset.mismatch_fraction": 0.3, "dataset.augment_min_scale": 0.5},
+    {"steps_per_dispatch": 3, "dataset.on_device": "no"},  # host batches, scanned
+], ids=["resident", "resident-k2-augment", "streamed-k3"])
+def test_resumed_run_reproduces_uninterrupted_run(tmp_path, digits_dir, monkeypatch, overrides):
+  config = digits_config(**{"dataset.data_dir": digits_dir, "eval_every": 100, "eval.linear_probe": False,
+                            **overrides})
   straight = str(tmp_path / "straight")
   train.train_and_evaluate(config, straight)
 
@@ -223,6 +284,7 @@ def test_resumed_run_reproduces_uninterrupted_run(tmp_path, digits_dir, monkeypa
     ("tr=softplus", "temperature.reparam", "softplus"),
     ("tr=exp_scaled:4", "temperature.scale", 4.0),
     ("slrt", "temperature.lr_multiplier", 0.1),
+    ("slrt=0.5", "temperature.lr_multiplier", 0.5),
     ("hs=1e-3", "swap.method", "hard"),
     ("ss=5e-2", "swap.p", 0.05),
 ])
