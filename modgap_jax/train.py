@@ -140,6 +140,8 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   check_choice("dataset.on_device", config.dataset.on_device, ON_DEVICE_CHOICES)
   resident.Augment(config.dataset.augment_min_scale)
   check_range("dataset.mismatch_fraction", float(config.dataset.mismatch_fraction), 0.0, 1.0)
+  if config.dataset.on_device == "no":
+    _check_stream_options(config)
   if int(config.steps_per_dispatch) < 0:
     raise ConfigError(f"steps_per_dispatch={config.steps_per_dispatch!r} must be >= 0 (0 = auto)")
   for field in ("batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
@@ -181,6 +183,12 @@ def _use_resident(config: ml_collections.ConfigDict, split: data.Examples, num_d
   return mode == "yes" or fits
 
 
+def _check_stream_options(config: ml_collections.ConfigDict) -> None:
+  if config.dataset.mismatch_fraction or config.dataset.augment_min_scale < 1.0:
+    raise ConfigError("dataset.mismatch_fraction and dataset.augment_min_scale need the on-device split "
+                      "(dataset.on_device='auto' or 'yes' on a dataset that fits)")
+
+
 class _Batches:
   """Where a run's training batches come from: the resident split, or a host stream."""
 
@@ -196,9 +204,7 @@ class _Batches:
       self._inputs = flax.jax_utils.replicate((split, resident.data_key(config.seed)))
       self.steps = train_step_lib.make_resident_multistep(model, tx, spec.reparam, config.swap, sampling)
     else:
-      if config.dataset.mismatch_fraction or config.dataset.augment_min_scale < 1.0:
-        raise ConfigError("dataset.mismatch_fraction and dataset.augment_min_scale need the on-device split "
-                          "(dataset.on_device='auto' or 'yes' on a dataset that fits)")
+      _check_stream_options(config)
       batches = data.train_batches(train_split, global_batch_size=config.batch_size, num_devices=num_devices,
                                    image_size=config.model.image_size, context_length=config.model.context_length,
                                    seed=config.seed, start_step=start_step, mean=config.dataset.mean,

@@ -162,7 +162,7 @@ def test_crop_boxes_stay_inside_the_image():
 
 
 def test_bad_settings_are_one_line_errors():
-  with pytest.raises(ConfigError, match="augment.min_scale"):
+  with pytest.raises(ConfigError, match="augment_min_scale"):
     resident.Augment(0.0)
   with pytest.raises(ConfigError, match="batch_size"):
     resident.Sampling(10, 11, MEAN, STD)

@@ -315,6 +315,11 @@ def run_main(*args, data_dir, cwd=REPO):
     (["--config=configs/default.py", "--config.temperature.mode=hot"], "temperature.mode='hot'"),
     (["--config=configs/default.py", "--config.dataset.name=imagenet"], "imagenet"),
     (["--config=configs/nope.py"], "nope.py"),
+    (["--config=configs/default.py", "--config.dataset.on_device=maybe"], "dataset.on_device='maybe'"),
+    (["--config=configs/default.py", "--config.dataset.on_device=no", "--config.dataset.mismatch_fraction=0.1"],
+     "need the on-device split"),
+    (["--config=configs/default.py", "--config.dataset.augment_min_scale=0"], "dataset.augment_min_scale"),
+    (["--config=configs/default.py", "--config.steps_per_dispatch=-1"], "steps_per_dispatch"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, flags, needle):
   workdir = tmp_path / "w"

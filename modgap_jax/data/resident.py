@@ -76,7 +76,7 @@ class Augment:
   min_scale: float = 1.0
 
   def __post_init__(self):
-    check_range("augment.min_scale", float(self.min_scale), 0.0, 1.0, low_inclusive=False)
+    check_range("dataset.augment_min_scale", float(self.min_scale), 0.0, 1.0, low_inclusive=False)
 
   @property
   def enabled(self) -> bool:
