@@ -17,7 +17,7 @@ config_flags.DEFINE_config_file("config", None, "Path to a config file, optional
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, report and figures.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-TASKS = ("train", "dynamics")
+TASKS = ("train", "dynamics", "study")
 
 
 def run_task(config, workdir: str) -> None:
@@ -26,6 +26,9 @@ def run_task(config, workdir: str) -> None:
   if task == "train":
     from modgap_jax import train
     train.train_and_evaluate(config, workdir)
+  elif task == "study":
+    from modgap_jax import study
+    study.run_study(config, workdir)
   elif task == "dynamics":
     from experiments import dynamics_task
     dynamics_task.run(config, workdir)
