@@ -1,89 +1,160 @@
-"""The study runner on a tiny digits grid: skipping, aggregation, table, figures, commands."""
+"""The study runner on tiny digits grids: skipping, aggregation, table, figures, commands, Fig. 4a/4b."""
 
+import functools
 import json
 import os
 import shlex
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 from configs import study as study_config
-from modgap_jax import study, train
+from modgap_jax import study, train, train_step
 from modgap_jax.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ("dataset.name=digits_captions", "dataset.zero_shot_label=label", "model.image_size=8", "model.embed_dim=16",
-        "model.context_length=24", "model.resnet.layers=(1, 1)", "model.resnet.width=8", "model.resnet.heads=2",
-        "model.text.width=16", "model.text.depth=1", "model.text.heads=2", "batch_size=64", "num_steps=4",
-        "eval_every=2", "checkpoint_every=2", "eval.probe_steps=20", "optimizer.warmup_epochs=0.1",
-        "dataset.augment_min_scale=1.0")
+# tests/test_train.py's digits_config, as base overrides of the regime: 8×8 digits, tiny towers.
+TINY = {
+    "dataset": {"name": "digits_captions", "zero_shot_label": "label"},
+    "model.image_size": 8, "model.embed_dim": 16, "model.context_length": 24, "model.resnet.layers": (1, 1),
+    "model.resnet.width": 8, "model.resnet.heads": 2, "model.text": {"width": 16, "depth": 1, "heads": 2},
+    "batch_size": 64, "num_steps": 4, "optimizer.warmup_epochs": 0.1, "log_every": 1, "eval_every": 2,
+    "checkpoint_every": 2, "eval.probe_steps": 20,
+}
 
 
-def tiny_study(data_dir, cells=("baseline", "flt=0.04"), seeds=2):
-  config = study_config.get_config("table2")
-  config.cells = cells
-  config.seeds = seeds
+def tiny_study(name, data_dir, **fields):
+  config = study_config.get_config(name)
   config.base_config = os.path.join(REPO, "configs", "regime.py")
-  config.base_overrides = TINY + (f"dataset.data_dir={data_dir}",)
+  config.base_overrides = study.nest_overrides({**TINY, "dataset.data_dir": data_dir})
   config.progress_bar = False
+  for key, value in fields.items():
+    config[key] = value
   return config
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """A persistent XLA cache for this module: seeds of a cell, and the recorded command's
+  subprocess, reuse the cell's compiled programs (compiling dominates these tiny runs)."""
+  from jax.experimental.compilation_cache import compilation_cache as cache
+
+  directory = str(tmp_path_factory.mktemp("xla_cache"))
+  options = {"jax_compilation_cache_dir": directory, "jax_persistent_cache_min_compile_time_secs": 0.0,
+             "jax_persistent_cache_min_entry_size_bytes": 0}
+  previous = {name: getattr(jax.config, name) for name in options}
+  for name, value in options.items():
+    jax.config.update(name, value)
+  yield {name.upper(): str(value) for name, value in options.items()}
+  for name, value in previous.items():
+    jax.config.update(name, value)
+  cache.reset_cache()
+
+
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory):
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory, data_dir):
   workdir = str(tmp_path_factory.mktemp("study"))
-  config = tiny_study(data_dir)
-  results = study.run_study(config, workdir)
-  return config, workdir, results, data_dir
+  config = tiny_study("table2", data_dir, cells=("baseline", "flt=0.04"), seeds=2)
+  return config, workdir, study.run_study(config, workdir)
+
+
+def final_evals(workdir, cell):
+  finals = []
+  for seed in (0, 1):
+    with open(os.path.join(workdir, cell, f"seed{seed}", "metrics.jsonl")) as f:
+      finals.append([r for r in map(json.loads, f) if r["split"] == "eval"][-1])
+  return finals
 
 
 def test_results_hold_mean_and_sample_std_of_each_runs_final_eval(grid):
-  config, workdir, results, _ = grid
-  assert results == json.load(open(os.path.join(workdir, "results.json")))
+  _, workdir, results = grid
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert results == json.load(f)
+  assert results["study"] == "table2" and results["complete"]
   assert [c["cell"] for c in results["cells"]] == ["baseline", "flt=0.04"]
   for cell in results["cells"]:
-    assert cell["seeds"] == [0, 1] and cell["num_steps"] == 4
-    finals = []
-    for seed in (0, 1):
-      lines = [json.loads(l) for l in open(os.path.join(workdir, cell["cell"], f"seed{seed}", "metrics.jsonl"))]
-      finals.append([l for l in lines if l["split"] == "eval"][-1])
-    for key in ("gap", "tau", "i2t_r1", "uniformity_w2"):
+    assert cell["seeds"] == [0, 1] and cell["num_seeds"] == 2 and cell["num_steps"] == 4
+    finals = final_evals(workdir, cell["cell"])
+    assert all(f["step"] == 4 for f in finals)
+    assert set(cell["metrics"]) == {k for k, v in finals[0].items() if isinstance(v, float)}
+    for key in ("gap", "gap_512", "tau", "i2t_r1", "t2i_r1", "uniformity_w2", "zeroshot_top1", "linear_probe_top1"):
       values = np.array([f[key] for f in finals], np.float64)
       assert cell["metrics"][key]["values"] == pytest.approx(list(values))
       assert cell["metrics"][key]["mean"] == pytest.approx(values.mean())
       assert cell["metrics"][key]["std"] == pytest.approx(values.std(ddof=1))
+  assert results["cells"][1]["metrics"]["tau"]["values"] == pytest.approx([0.04, 0.04])
 
 
 def test_table_and_figures(grid):
-  _, workdir, _, _ = grid
-  table = open(os.path.join(workdir, "table.md")).read()
-  assert "0.294" in table and "68.23" in table  # the paper's Table 2 baseline gap and image R@1
+  _, workdir, results = grid
+  with open(os.path.join(workdir, "table.md")) as f:
+    table = f.read()
+  # The paper's Table 2 baseline gap and image R@1, FLT's text R@1, and our gap beside them.
+  for text in ("0.294", "68.23", "82.66", f"{results['cells'][0]['metrics']['gap']['mean']:.3f} ± "):
+    assert text in table
+  t2i = results["cells"][0]["metrics"]["t2i_r1"]
+  assert f"{100 * t2i['mean']:.2f} ± {100 * t2i['std']:.2f}" in table  # percent, like the paper
   for name in ("retrieval_vs_gap.png", "accuracy_vs_uniformity.png", "tau_gap_over_steps.png", "gap_vs_tau.png"):
-    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    assert os.path.getsize(os.path.join(workdir, name)) > 10_000, name
 
 
-def test_second_invocation_trains_nothing(grid, monkeypatch):
-  config, workdir, results, _ = grid
+def test_second_invocation_trains_nothing_and_partial_studies_aggregate(grid, monkeypatch):
+  config, workdir, results = grid
   monkeypatch.setattr(train, "train_and_evaluate", lambda *a, **k: pytest.fail("a finished run was retrained"))
   assert study.run_study(config, workdir) == results
+  # A run without its final eval line (stopped mid-way) is unfinished and left out.
+  log = os.path.join(workdir, "flt=0.04", "seed1", "metrics.jsonl")
+  with open(log) as f:
+    lines = f.readlines()
+  try:
+    with open(log, "w") as f:
+      f.writelines(l for l in lines if json.loads(l)["step"] < 4)
+    partial = study.aggregate(config, workdir)
+    assert not partial["complete"]
+    assert partial["cells"][1]["seeds"] == [0] and partial["cells"][1]["metrics"]["gap"]["std"] == 0.0
+  finally:
+    with open(log, "w") as f:
+      f.writelines(lines)
 
 
-def test_recorded_command_reproduces_a_seed(grid, tmp_path):
-  config, workdir, results, data_dir = grid
+def test_recorded_command_reproduces_a_seed(grid, tmp_path, compilation_cache):
+  _, workdir, results = grid
   cell = results["cells"][1]
+  assert cell["command"].startswith("python -m experiments.main --config=")
   run = str(tmp_path / "again")
   cmd = shlex.split(cell["command"].format(seed=1, workdir=run))
-  assert cmd[0] == "python"
   cmd[0] = sys.executable  # the interpreter of this environment
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+         **compilation_cache}
   done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-2000:]
-  final = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl")) if '"eval"' in l][-1]
-  assert final["gap"] == pytest.approx(cell["metrics"]["gap"]["values"][1], rel=1e-6)
-  assert final["tau"] == pytest.approx(cell["metrics"]["tau"]["values"][1], rel=1e-6)
+  with open(os.path.join(run, "metrics.jsonl")) as f:
+    final = [r for r in map(json.loads, f) if r["split"] == "eval"][-1]
+  for key in ("gap", "tau", "i2t_r1", "uniformity_w2"):
+    assert final[key] == pytest.approx(cell["metrics"][key]["values"][1], rel=1e-6), key
+
+
+def test_overrides_commands_and_directories():
+  assert study.flatten_overrides({"a": {"b": 1, "c.d": "x"}, "e": (1, 1)}) == {"a.b": 1, "a.c.d": "x", "e": (1, 1)}
+  assert study.nest_overrides({"a.b": 1, "a.c.d": "x", "e": (1, 1)}) == {"a": {"b": 1, "c": {"d": "x"}}, "e": (1, 1)}
+  config = study_config.get_config("table3")
+  config.base_overrides = study.nest_overrides({"model": {"resnet.layers": (1, 1)}, "optimizer.learning_rate": 1e-4,
+                                               "dataset.name": "digits_captions"})
+  assert study.command(config, "flt=0.1") == (
+      "python -m experiments.main --config=configs/regime.py:flt=0.1 --config.seed={seed} "
+      "--config.dataset.name=digits_captions '--config.model.resnet.layers=(1, 1)' "
+      "--config.optimizer.learning_rate=0.0001 --workdir {workdir}")
+  assert study.cell_dirname("flt=0.04") == "flt=0.04" and study.cell_dirname("tr=exp_scaled:4") == "tr=exp_scaled_4"
+  assert study_config.get_config("table3").cells == () and study.study_cells(config)[-1] == "hs=1.0"
+  assert study_config.get_config("fig4a").base_overrides.to_dict() == {"eval_every": 25}
 
 
 def test_linear_fit_against_numpy():
@@ -92,22 +163,70 @@ def test_linear_fit_against_numpy():
   y = 0.3 - 2.0 * x + 0.1 * rng.standard_normal(30)
   slope, intercept, r2 = study.linear_fit(x, y)
   np.testing.assert_allclose([slope, intercept], np.polyfit(x, y, 1), rtol=1e-10)
+  residual = y - np.polyval(np.polyfit(x, y, 1), x)
+  np.testing.assert_allclose(r2, 1 - residual @ residual / np.sum((y - y.mean()) ** 2), rtol=1e-10)
   np.testing.assert_allclose(r2, np.corrcoef(x, y)[0, 1] ** 2, rtol=1e-10)
   assert study.linear_fit(x, 1.0 + 3.0 * x)[2] == pytest.approx(1.0)
 
 
-def test_theorem32_fit_recovers_an_exact_law():
-  steps = np.arange(100, 2000, 50)
-  records = [[{"split": "eval", "step": int(t), "gap": 0.2 + 0.5 / np.log(t) ** 2} for t in steps]]
-  fit = study.theorem32_fit(records, warmup_steps=100)
-  assert fit["r2"] == pytest.approx(1.0) and fit["slope"] == pytest.approx(-0.5) and fit["intercept"] == pytest.approx(0.2)
+def test_theorem32_fit_recovers_an_exact_law_after_the_warmup():
+  steps = np.arange(25, 1001, 25)
+  law = lambda t: 0.2 + 0.5 / np.log(t) ** 2  # Δ = a + b·x with a = 0.2, b = −0.5
+  # Two seeds around the law; before the warm-up (t <= 100) the gap is off the line.
+  runs = [[{"split": "eval", "step": int(t), "gap": law(t) + (s - 0.5) * 0.01 + (t <= 100)} for t in steps]
+          for s in (0, 1)]
+  fit = study.theorem32_fit(runs, min_step=100)
+  assert fit["r2"] == pytest.approx(1.0) and fit["slope"] == pytest.approx(-0.5)
+  assert fit["intercept"] == pytest.approx(0.2)
+  assert [p[0] for p in fit["points"]] == list(steps[steps > 100])
+  assert fit["points"][0][1] == pytest.approx(-1 / np.log(125) ** 2)
 
 
-def test_bad_study_and_override_are_config_errors(tmp_path):
-  with pytest.raises(ConfigError, match="study='table9'"):
+def test_bad_study_and_override_are_config_errors(tmp_path, data_dir):
+  with pytest.raises(ConfigError, match="study='table9' is not valid; choose one of 'table2', 'table3'"):
     study_config.get_config("table9")
-  config = tiny_study(str(tmp_path))
-  config.base_overrides = ("model.nope=3",)
+  config = tiny_study("table2", data_dir)
+  config.base_overrides = {"model": {"nope": 3}}
   with pytest.raises(ConfigError, match="model.nope"):
     study.run_study(config, str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
+  done = subprocess.run([sys.executable, "-m", "experiments.main", "--config=configs/study.py:table9",
+                         f"--workdir={tmp_path / 'w'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+      "error: study='table9' is not valid; choose one of 'table2', 'table3', 'fig4a', 'fig4b'"]
+
+
+def test_fig4b_rises_match_an_independent_recomputation(tmp_path, data_dir, monkeypatch):
+  workdir = str(tmp_path / "fig4b")
+  config = tiny_study("fig4b", data_dir, num_inits=4, num_steps=2, fig4b_chunk=3)
+  results = study.run_study(config, workdir)
+  assert results["num_inits"] == 4 and results["complete"] and len(results["rises"]) == 4
+  # The regime's peak 5e-4 and its cosine over the run's T = 4 steps, without the warm-up.
+  assert results["learning_rates"] == pytest.approx([5e-4, 5e-4 * (1 + np.cos(np.pi / 4)) / 2], rel=1e-5)
+  np.testing.assert_allclose(results["rises"], np.subtract(results["gap_final"], results["gap_0"]))
+  assert results["share_rising"] == np.mean(np.asarray(results["rises"]) > 0)
+  assert results["mean_rise"] == pytest.approx(np.mean(results["rises"]))
+  assert os.path.getsize(os.path.join(workdir, "fig4b.png")) > 10_000
+
+  # Init 3 (the padded second chunk) again: a plain pmapped step on one device, Δ in float64.
+  setup = study.fig4b_setup(config, workdir)
+  state = train_step.init_state(setup.model, setup.tx, study.init_key(0, 3), (8, 8, 3), 24)
+  step = jax.pmap(functools.partial(train_step.train_step, model=setup.model, tx=setup.tx,
+                                    reparam=setup.spec.reparam), axis_name=train_step.AXIS, devices=jax.devices()[:1])
+
+  def gap(state):
+    image, text = setup.model.apply({"params": state.params}, setup.pair_images, setup.pair_tokens)
+    return np.linalg.norm(np.asarray(image, np.float64).mean(0) - np.asarray(text, np.float64).mean(0))
+
+  gap_0 = gap(state)
+  p_state = jax.tree.map(lambda x: x[None], state)
+  for batch in setup.batches:
+    p_state, _ = step(p_state, batch)
+  gap_2 = gap(jax.tree.map(lambda x: x[0], p_state))
+  assert results["gap_0"][3] == pytest.approx(gap_0, abs=1e-5)
+  assert results["gap_final"][3] == pytest.approx(gap_2, abs=1e-5)
+  assert abs(gap_2 - gap_0) > 1e-4  # the steps moved the gap
+
+  # A second invocation finds every init done and recomputes none.
+  monkeypatch.setattr(study, "init_key", lambda *a: pytest.fail("a finished init was recomputed"))
+  assert study.run_study(config, workdir) == results
