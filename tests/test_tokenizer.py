@@ -1,4 +1,4 @@
-"""Tests of the tokenizer interface and the byte-level BPE (modgap_jax.data.bpe).
+"""Tests of the tokenizer interface and the byte-level BPE (modgap_jax.data.text).
 
 Merges are checked against a hand computation and against a naive BPE written here (its own
 pre-tokeniser, a full pair recount per merge); encodings against the id layout of the byte
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from modgap_jax import data
-from modgap_jax.data import bpe
-from modgap_jax.data import tokenizer
+from modgap_jax.data.text import base
+from modgap_jax.data.text import bpe
+from modgap_jax.data.text import byte
 from modgap_jax.errors import ConfigError
 
 EOW = 256  # The end-of-word symbol.
@@ -169,7 +170,7 @@ def test_bpe_round_trips_training_and_unseen_text():
   for batch in (texts, UNSEEN):
     tokens = tok.encode(batch, 96)
     assert tokens.max() < tok.vocab_size  # Unseen words fall back to smaller pieces.
-    assert tok.decode(tokens) == [tokenizer.normalize(t) for t in batch]
+    assert tok.decode(tokens) == [base.normalize(t) for t in batch]
   assert tok.decode(tok.encode("Café", 8)) == ["café"]
 
 
@@ -178,14 +179,14 @@ def test_bpe_id_layout_matches_the_byte_tokenizer_conventions():
   texts = ["lower newer", "ж", ""]
   tokens = tok.encode(texts, 16)
   assert tokens.dtype == np.int32 and tokens.shape == (3, 16)
-  assert tok.pad_id == tokenizer.pad_id == 0 and tok.eot_id == tok.vocab_size - 1 == tok.sot_id + 1
+  assert tok.pad_id == base.PAD_ID == 0 and tok.eot_id == tok.vocab_size - 1 == tok.sot_id + 1
   for row, text in zip(tokens, texts):
     body = tok.encode_text(text)
     assert row.tolist() == [tok.sot_id] + body + [tok.eot_id] + [0] * (14 - len(body))
     assert int(np.argmax(row)) == len(body) + 1  # The text tower's EOT lookup.
   # A byte no merge covers keeps the byte tokenizer's id (byte + 1); "ж" is 0xD0 0xB6, </w>.
   assert tok.encode_text("ж") == [0xD0 + 1, 0xB6 + 1, EOW + 1]
-  assert tokenizer.tokenize("ж", 4)[0, 1:3].tolist() == [0xD0 + 1, 0xB6 + 1]
+  assert byte.tokenize("ж", 4)[0, 1:3].tolist() == [0xD0 + 1, 0xB6 + 1]
 
 
 def test_truncation_keeps_eot_last_for_both_tokenizers():
@@ -206,8 +207,8 @@ def test_byte_tokenizer_object_is_the_module_functions():
   texts = ["A photo of SEVEN", "café", "🙂"]
   np.testing.assert_array_equal(tok.encode(texts, 20), data.tokenize(texts, 20))
   assert tok.decode(tok.encode(texts, 20)) == data.detokenize(data.tokenize(texts, 20))
-  assert (tok.vocab_size, tok.sot_id, tok.eot_id) == (tokenizer.vocab_size, tokenizer.sot_id,
-                                                      tokenizer.eot_id) == (259, 257, 258)
+  assert (tok.vocab_size, tok.sot_id, tok.eot_id) == (byte.VOCAB_SIZE, byte.SOT_ID,
+                                                      byte.EOT_ID) == (259, 257, 258)
 
 
 # ------------------------------------------------------------------- factory, storage
@@ -283,4 +284,4 @@ def test_bpe_compresses_twemoji_captions(tmp_path):
   print(f"tokens per caption (mean, p95) over {len(captions)} captions: {summary}")
   assert summary["bpe"][0] < summary["byte"][0] / 3
   assert summary["bpe"][1] <= 24 < 32 < summary["byte"][1]  # Fits a 32-token context; bytes do not.
-  assert tok.decode(tok.encode(captions, 32)) == [tokenizer.normalize(c) for c in captions]
+  assert tok.decode(tok.encode(captions, 32)) == [base.normalize(c) for c in captions]

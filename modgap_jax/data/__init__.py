@@ -1,9 +1,25 @@
 """Offline datasets, tokenizers (bytes, or BPE trained on captions) and the input pipeline.
 
-Importing this package registers the TFDS builders ``twemoji_captions``,
-``digits_captions``, ``mnist5k_captions`` and ``fashion_mnist_local``, so that
-``tfds.data_source(name, split=..., data_dir=...)`` builds them (offline) on first use.
-``coco_captions`` is TFDS's own catalog entry, read when the user has prepared it.
+Layout, one concern per place:
+  ``text/``       tokenizers (``base``, ``byte``, ``bpe``, ``factory``); imports no TFDS;
+  ``builders/``   the offline TFDS builders ``twemoji_captions``, ``digits_captions``,
+                  ``mnist5k_captions``, ``fashion_mnist_local``, what they are made of,
+                  and the adapter that reads TFDS's ``coco_captions``;
+  ``registry``    the catalog: dataset names, splits, label keys, ``load`` / ``prepare``;
+  ``paths``       where built datasets are cached;
+  ``zero_shot``   class names and prompt templates of the labelled datasets;
+  ``examples``    a split as the pipeline sees it (in memory, or read per batch), with its
+                  captions tokenized once;
+  ``pipeline``    host-side batching: train/eval iterators, the multi-worker (grain)
+                  training iterator, ``prefetch``;
+  ``resident``    a training split kept in device memory, batched inside the step.
+
+This package imports its modules on first use (PEP 562 ``__getattr__``): ``data.text``
+alone never loads TFDS, while any name of the catalog (``data.load``, ``data.prepare``,
+``data.DATASETS``, ``data.load_examples``, ...) imports the builders, which registers them
+with TFDS. To call ``tfds.data_source(name, ...)`` on a builder directly, import
+``modgap_jax.data.builders`` first (``import modgap_jax.data`` does it too when TFDS is
+already imported, e.g. ``import tensorflow_datasets as tfds`` came first).
 
 Typical use::
 
@@ -13,51 +29,83 @@ Typical use::
                                                 image_size=64, context_length=32, seed=0)):
     ...  # batch['image']: f32 [4, 64, 64, 64, 3], batch['text']: int32 [4, 64, 32]
 
+For a split decoded per batch (COCO), ``data.grain_train_batches(..., num_workers=8)``
+yields the same batches, made by worker processes.
+
 The byte tokenizer is the default; for BPE trained on the training captions, pass
 ``tokenizer=data.make_tokenizer('bpe', [c for caps in train.captions() for c in caps], 2048)``
 to ``train_batches`` and ``eval_text_batches``, and store ``tokenizer.to_json()`` with the run
 (``data.tokenizer_from_json`` reads it back).
-
-Modules: ``registry`` (names, ``load``), ``examples`` (a split in memory),
-``pipeline`` (train/eval iterators), ``tokenizer`` (bytes, ``make_tokenizer``), ``bpe``,
-``prefetch``, ``zero_shot``, and one module per builder (``twemoji``, ``digits``,
-``fashion_mnist``; ``coco`` adapts COCO).
 """
 
-from modgap_jax.data import bpe
-from modgap_jax.data import tokenizer
-from modgap_jax.data.bpe import BPETokenizer
-from modgap_jax.data.bpe import train_bpe
-from modgap_jax.data.builder_base import TWEMOJI_ATTRIBUTION
-from modgap_jax.data.examples import Examples
-from modgap_jax.data.examples import InMemoryExamples
-from modgap_jax.data.examples import LazyExamples
-from modgap_jax.data.examples import from_source
-from modgap_jax.data.examples import load_examples
-from modgap_jax.data.paths import default_data_dir
-from modgap_jax.data.pipeline import CLIP_MEAN
-from modgap_jax.data.pipeline import CLIP_STD
-from modgap_jax.data.pipeline import caption_image_index
-from modgap_jax.data.pipeline import eval_image_batches
-from modgap_jax.data.pipeline import eval_text_batches
-from modgap_jax.data.pipeline import normalize
-from modgap_jax.data.pipeline import num_batches
-from modgap_jax.data.pipeline import steps_per_epoch
-from modgap_jax.data.pipeline import train_batches
-from modgap_jax.data.prefetch import prefetch
-from modgap_jax.data.prefetch import prefetch_to_devices
-from modgap_jax.data.registry import DATASETS
-from modgap_jax.data.registry import LABEL_KEYS
-from modgap_jax.data.registry import SPLITS
-from modgap_jax.data.registry import builder
-from modgap_jax.data.registry import label_keys
-from modgap_jax.data.registry import load
-from modgap_jax.data.registry import prepare
-from modgap_jax.data.tokenizer import TOKENIZER_KINDS
-from modgap_jax.data.tokenizer import ByteTokenizer
-from modgap_jax.data.tokenizer import Tokenizer
-from modgap_jax.data.tokenizer import detokenize
-from modgap_jax.data.tokenizer import from_json as tokenizer_from_json
-from modgap_jax.data.tokenizer import make_tokenizer
-from modgap_jax.data.tokenizer import tokenize
-from modgap_jax.data.zero_shot import zero_shot_classes
+from __future__ import annotations
+
+import importlib
+import sys
+
+# Public name -> (module under this package, attribute there).
+_EXPORTS = {
+    # Tokenizers.
+    "TOKENIZER_KINDS": ("text", "TOKENIZER_KINDS"),
+    "BPETokenizer": ("text", "BPETokenizer"),
+    "ByteTokenizer": ("text", "ByteTokenizer"),
+    "Tokenizer": ("text", "Tokenizer"),
+    "detokenize": ("text", "detokenize"),
+    "make_tokenizer": ("text", "make_tokenizer"),
+    "tokenize": ("text", "tokenize"),
+    "tokenizer_from_json": ("text", "from_json"),
+    "train_bpe": ("text", "train_bpe"),
+    # Catalog.
+    "DATASETS": ("registry", "DATASETS"),
+    "LABEL_KEYS": ("registry", "LABEL_KEYS"),
+    "SPLITS": ("registry", "SPLITS"),
+    "builder": ("registry", "builder"),
+    "label_keys": ("registry", "label_keys"),
+    "load": ("registry", "load"),
+    "prepare": ("registry", "prepare"),
+    "default_data_dir": ("paths", "default_data_dir"),
+    "zero_shot_classes": ("zero_shot", "zero_shot_classes"),
+    "TWEMOJI_ATTRIBUTION": ("builders.base", "TWEMOJI_ATTRIBUTION"),
+    # Splits.
+    "Examples": ("examples", "Examples"),
+    "InMemoryExamples": ("examples", "InMemoryExamples"),
+    "LazyExamples": ("examples", "LazyExamples"),
+    "from_source": ("examples", "from_source"),
+    "load_examples": ("examples", "load_examples"),
+    # Pipeline.
+    "CLIP_MEAN": ("pipeline", "CLIP_MEAN"),
+    "CLIP_STD": ("pipeline", "CLIP_STD"),
+    "caption_image_index": ("pipeline", "caption_image_index"),
+    "eval_image_batches": ("pipeline", "eval_image_batches"),
+    "eval_text_batches": ("pipeline", "eval_text_batches"),
+    "grain_train_batches": ("pipeline", "grain_train_batches"),
+    "normalize": ("pipeline", "normalize"),
+    "num_batches": ("pipeline", "num_batches"),
+    "prefetch": ("pipeline", "prefetch"),
+    "steps_per_epoch": ("pipeline", "steps_per_epoch"),
+    "train_batches": ("pipeline", "train_batches"),
+}
+_SUBMODULES = ("builders", "examples", "paths", "pipeline", "registry", "resident", "text", "zero_shot")
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+  if name in _EXPORTS:
+    module, attribute = _EXPORTS[name]
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
+    globals()[name] = value  # Later lookups skip this function.
+    return value
+  if name in _SUBMODULES:
+    return importlib.import_module(f"{__name__}.{name}")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(_EXPORTS) | set(_SUBMODULES))
+
+
+if "tensorflow_datasets" in sys.modules:
+  # TFDS is loaded already, so registering costs little, and it keeps working the plain
+  # `import tensorflow_datasets as tfds; import modgap_jax.data; tfds.data_source(name)`.
+  importlib.import_module(f"{__name__}.builders")

@@ -1,7 +1,7 @@
 """A split as the pipeline sees it: images, their captions and their integer labels.
 
 Two implementations share one small interface (``len``, ``captions``, ``labels``,
-``fetch``):
+``fetch``, and ``tokens``: every caption encoded once, cached per tokenizer):
 
 - :class:`InMemoryExamples`: the whole split in host memory at native size; images are
   resized to the requested size once and cached (the local datasets are small).
@@ -22,8 +22,9 @@ import numpy as np
 import tqdm
 from PIL import Image
 
-from modgap_jax.data import coco
 from modgap_jax.data import registry
+from modgap_jax.data import text
+from modgap_jax.data.builders import coco
 
 Record = tuple[np.ndarray, list[str], dict[str, int]]
 
@@ -83,6 +84,40 @@ class Examples(abc.ABC):
   @abc.abstractmethod
   def fetch(self, indices: np.ndarray, image_size: int) -> tuple[np.ndarray, list[list[str]]]:
     """Returns uint8 RGB images [b, S, S, 3] and the caption lists of ``indices``."""
+
+  def tokens(self, tokenizer: text.Tokenizer, context_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every caption encoded once, image-major, and the image each caption belongs to.
+
+    Computed on the first call per (tokenizer, context_length) and kept with the split, so
+    that neither the training loop nor evaluation encodes a caption more than once.
+
+    Args:
+      tokenizer: encodes the captions (tokenizers compare equal when they encode alike).
+      context_length: token slots L per caption.
+
+    Returns:
+      ``(tokens, caption_image_index)``: int32 [C, L] and int32 [C], C the split's number of
+      captions, in :meth:`captions` order flattened (all of image 0's, then image 1's, ...).
+      Both are read-only: every caller shares them.
+    """
+    text.check_context_length(context_length)
+    key = (tokenizer, int(context_length))
+    cache = self.__dict__.setdefault("_token_cache", {})
+    if key not in cache:
+      captions = self.captions()
+      tokens = tokenizer.encode([t for caps in captions for t in caps], context_length)
+      image_index = np.repeat(np.arange(len(captions), dtype=np.int32), [len(c) for c in captions])
+      for array in (tokens, image_index):
+        array.setflags(write=False)
+      cache[key] = (tokens, image_index)
+    return cache[key]
+
+  def __getstate__(self):
+    # The token cache is derived and can be large (COCO's ~600k captions at L = 77 take
+    # 180 MB), so copies sent to worker processes leave it behind.
+    state = self.__dict__.copy()
+    state.pop("_token_cache", None)
+    return state
 
 
 class InMemoryExamples(Examples):

@@ -1,19 +1,39 @@
-"""Host-side NumPy batch iterators for training and evaluation.
+"""The host-side input pipeline: training and evaluation batches, and prefetching.
 
 All iterators take ``data``: an :class:`examples.Examples` (load it once with
 :func:`examples.load_examples` and reuse it) or a data source from :func:`registry.load`
 (read into memory on every call). Batches are laid out for ``jax.pmap``: a leading
 device axis [num_devices, per_device, ...]. Images are float32 NHWC RGB, normalised as
-``(x / 255 - mean) / std`` (CLIP's mean and std by default).
+``(x / 255 - mean) / std`` (CLIP's mean and std by default). Captions come from the
+split's cached tokens (:meth:`examples.Examples.tokens`): each is encoded once per run,
+never per step.
 
-Training (:func:`train_batches`), infinite, one step per batch:
+Training, infinite, one batch per step:
   {'image': f32 [D, B/D, S, S, 3], 'text': int32 [D, B/D, L]}
   (tokens from the ``tokenizer`` argument, the byte tokenizer by default)
-  - epoch e visits every image at most once in the order ``permutation(seed, e)`` and
-    drops the last ``n mod B`` images of that order;
+  - epoch e visits every image at most once in the order ``epoch_permutation(seed, e, n)``
+    and drops the last ``n mod B`` images of that order;
   - each image gets one caption per epoch, ``captions[i][floor(u(seed, e, i) * k_i)]``
-    with u uniform in [0, 1), k_i its number of captions;
+    with u uniform in [0, 1) (``epoch_caption_draws``), k_i its number of captions;
   - step s is a pure function of (seed, s), so starting at ``start_step`` resumes exactly.
+  Two iterators yield these same batches:
+  - :func:`train_batches` makes them on the thread that iterates (wrap it in
+    :func:`prefetch` to overlap with device compute): enough when resizing is cheap or
+    cached, as for the small in-memory splits (which the trainer usually keeps on the
+    devices anyway, see :mod:`modgap_jax.data.resident`);
+  - :func:`grain_train_batches` makes them in ``num_workers`` processes: for splits read
+    and decoded per batch (COCO at 224 px, a :class:`examples.LazyExamples`), whose JPEG
+    decoding and resizing would otherwise hold up the training loop.
+
+Why grain for the workers: it reads ``tfds.data_source``s and any random-access source
+without TensorFlow, and a ``MapDataset`` indexed by step maps directly onto "batch s is a
+pure function of (seed, s)", so order, caption choice and resumption stay ours and exact.
+``mp_prefetch`` then runs that map in worker processes (decoding and resizing scale past
+the GIL), hands the arrays back through shared memory, and keeps the step order whatever
+the number of workers. The alternatives each cost more: PyTorch's DataLoader would make
+torch a core dependency of a JAX project, tf.data needs TensorFlow (which the project
+avoids), and a hand-made ``multiprocessing`` pool would have to redo shared-memory
+transfer, ordering, error propagation and shutdown.
 
 Evaluation covers a split exactly once, padding the last batch (mask False, indices and
 labels -1, images and tokens 0):
@@ -25,16 +45,22 @@ labels -1, images and tokens 0):
   image 1's, ...); 'index' / 'image_index' are global example indices, so
   ``embeddings[index[mask]]`` and ``image_index[mask]`` line up across the two for
   retrieval, and labels line up with image embeddings for zero-shot / linear probes.
+
+:func:`prefetch` runs any iterator a few items ahead on a background thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import queue
+import sys
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from modgap_jax.data import examples as examples_lib
-from modgap_jax.data import tokenizer as tokenizer_lib
+from modgap_jax.data import text
 from modgap_jax.errors import ConfigError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -44,7 +70,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _PERMUTATION_STREAM = 0
 _CAPTION_STREAM = 1
 
-_BYTES = tokenizer_lib.ByteTokenizer()
+_BYTES = text.ByteTokenizer()
 
 
 def normalize(images: np.ndarray, mean: Sequence[float] = CLIP_MEAN,
@@ -69,6 +95,13 @@ def _check_batch(field: str, batch_size: int, num_devices: int) -> None:
     raise ConfigError(f"{field}={batch_size} is not divisible by num_devices={num_devices}")
 
 
+def _device_split(array: np.ndarray, num_devices: int) -> np.ndarray:
+  return array.reshape((num_devices, array.shape[0] // num_devices) + array.shape[1:])
+
+
+# ------------------------------------------------------------------------------ training
+
+
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
   """Full batches per epoch; the remainder of each epoch is dropped."""
   return num_examples // global_batch_size
@@ -84,16 +117,108 @@ def epoch_caption_draws(seed: int, epoch: int, num_examples: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch, _CAPTION_STREAM]).random(num_examples)
 
 
-def _device_split(array: np.ndarray, num_devices: int) -> np.ndarray:
-  return array.reshape((num_devices, array.shape[0] // num_devices) + array.shape[1:])
+class _StepPlan:
+  """Which images and which caption rows make (this process's share of) each step.
+
+  A pure function of (seed, step) given the split; it remembers the last epoch's order and
+  draws, as each epoch's steps are asked for in a row. Grain pickles one copy into every
+  worker, and may call it from a few threads at once (see :meth:`__call__`).
+  """
+
+  def __init__(self, caption_image_index: np.ndarray, num_examples: int, global_batch_size: int,
+               seed: int, process_index: int, process_count: int):
+    self._num_captions = np.bincount(caption_image_index, minlength=num_examples)
+    self._first_row = np.cumsum(self._num_captions) - self._num_captions
+    self._num_examples = num_examples
+    self._global_batch_size = global_batch_size
+    self._per_epoch = steps_per_epoch(num_examples, global_batch_size)
+    self._per_process = global_batch_size // process_count
+    self._offset = process_index * self._per_process
+    self._seed = seed
+    self._epoch: tuple[int | None, Any, Any] = (None, None, None)
+
+  def __call__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (image indices, caption rows of ``Examples.tokens``), each int [B/P]."""
+    epoch, position = divmod(int(step), self._per_epoch)
+    cached = self._epoch
+    if cached[0] != epoch:
+      cached = (epoch, epoch_permutation(self._seed, epoch, self._num_examples),
+                epoch_caption_draws(self._seed, epoch, self._num_examples))
+      self._epoch = cached  # One assignment, so a concurrent call never sees a mixed epoch.
+    _, order, draws = cached
+    start = position * self._global_batch_size + self._offset
+    indices = order[start:start + self._per_process]
+    choice = np.floor(draws[indices] * self._num_captions[indices]).astype(np.int64)
+    return indices, self._first_row[indices] + choice
+
+
+class _MakeImages:
+  """Step -> that step's normalised images and caption rows: the work grain's workers do.
+
+  The caption rows travel with the images and the tokens are looked up by :class:`_AddText`
+  in the main process, so the split's token array is never copied into the workers.
+  """
+
+  def __init__(self, data: examples_lib.Examples, plan: _StepPlan, image_size: int,
+               mean: Sequence[float], std: Sequence[float], num_devices: int):
+    self._data = data
+    self._plan = plan
+    self._image_size = image_size
+    self._mean = tuple(mean)
+    self._std = tuple(std)
+    self._num_devices = num_devices
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    indices, rows = self._plan(step)
+    images, _ = self._data.fetch(indices, self._image_size)
+    return {"image": _device_split(normalize(images, self._mean, self._std), self._num_devices),
+            "rows": rows}
+
+
+class _AddText:
+  """Replaces a batch's caption rows by their tokens, split over the devices."""
+
+  def __init__(self, tokens: np.ndarray, num_devices: int):
+    self._tokens = tokens
+    self._num_devices = num_devices
+
+  def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {"image": batch["image"], "text": _device_split(self._tokens[batch["rows"]], self._num_devices)}
+
+
+def _training_stages(data, *, global_batch_size, num_devices, image_size, context_length, seed,
+                     start_step, mean, std, process_index, process_count,
+                     tokenizer) -> tuple[_MakeImages, _AddText]:
+  """Checks the arguments of the training iterators and builds their two stages."""
+  data = examples_lib.as_examples(data)
+  n = len(data)
+  _check_batch("global_batch_size", global_batch_size, num_devices)
+  if global_batch_size % (num_devices * process_count):
+    raise ConfigError(f"global_batch_size={global_batch_size} is not divisible by "
+                      f"num_devices * process_count={num_devices * process_count}")
+  if global_batch_size > n:
+    raise ConfigError(f"global_batch_size={global_batch_size} exceeds the split's {n} examples")
+  if not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise ConfigError(f"seed={seed!r} must be a non-negative integer")
+  if start_step < 0:
+    raise ConfigError(f"start_step={start_step} must be >= 0")
+  if not 0 <= process_index < process_count:
+    raise ConfigError(f"process_index={process_index} must lie in [0, process_count={process_count})")
+  text.check_context_length(context_length)
+  tokens, caption_image_index = data.tokens(_BYTES if tokenizer is None else tokenizer, context_length)
+  plan = _StepPlan(caption_image_index, n, global_batch_size, int(seed), process_index, process_count)
+  return (_MakeImages(data, plan, image_size, mean, std, num_devices), _AddText(tokens, num_devices))
 
 
 def train_batches(data, *, global_batch_size: int, num_devices: int, image_size: int,
                   context_length: int, seed: int, start_step: int = 0,
                   mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
                   process_index: int = 0, process_count: int = 1,
-                  tokenizer: tokenizer_lib.Tokenizer | None = None) -> Iterator[dict[str, np.ndarray]]:
+                  tokenizer: text.Tokenizer | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Yields training batches forever, starting at step ``start_step``; see the module doc.
+
+  The split's captions are encoded here, once (:meth:`examples.Examples.tokens`); a
+  :class:`examples.LazyExamples` reads all its captions for that.
 
   Args:
     data: an ``Examples`` or a data source (see the module doc).
@@ -111,51 +236,89 @@ def train_batches(data, *, global_batch_size: int, num_devices: int, image_size:
   Yields:
     ``{'image': float32 [D, B/(P*D), S, S, 3], 'text': int32 [D, B/(P*D), L]}``.
   """
-  data = examples_lib.as_examples(data)
-  n = len(data)
-  _check_batch("global_batch_size", global_batch_size, num_devices)
-  if global_batch_size % (num_devices * process_count):
-    raise ConfigError(f"global_batch_size={global_batch_size} is not divisible by "
-                      f"num_devices * process_count={num_devices * process_count}")
-  if global_batch_size > n:
-    raise ConfigError(f"global_batch_size={global_batch_size} exceeds the split's {n} examples")
-  if not isinstance(seed, (int, np.integer)) or seed < 0:
-    raise ConfigError(f"seed={seed!r} must be a non-negative integer")
-  if start_step < 0:
-    raise ConfigError(f"start_step={start_step} must be >= 0")
-  if not 0 <= process_index < process_count:
-    raise ConfigError(f"process_index={process_index} must lie in [0, process_count={process_count})")
-  tokenizer_lib.check_context_length(context_length)
-  return _train_iterator(data, global_batch_size, num_devices, image_size, context_length, seed,
-                         start_step, mean, std, process_index, process_count,
-                         _BYTES if tokenizer is None else tokenizer)
+  make_images, add_text = _training_stages(
+      data, global_batch_size=global_batch_size, num_devices=num_devices, image_size=image_size,
+      context_length=context_length, seed=seed, start_step=start_step, mean=mean, std=std,
+      process_index=process_index, process_count=process_count, tokenizer=tokenizer)
+  return _train_iterator(make_images, add_text, start_step)
 
 
-def _train_iterator(data, global_batch_size, num_devices, image_size, context_length, seed, start_step,
-                    mean, std, process_index, process_count, tokenizer):
-  n = len(data)
-  per_epoch = steps_per_epoch(n, global_batch_size)
-  per_process = global_batch_size // process_count
-  cached_epoch, order, draws = None, None, None
+def _train_iterator(make_images: _MakeImages, add_text: _AddText, start_step: int):
   step = start_step
   while True:
-    epoch, position = divmod(step, per_epoch)
-    if epoch != cached_epoch:
-      order = epoch_permutation(seed, epoch, n)
-      draws = epoch_caption_draws(seed, epoch, n)
-      cached_epoch = epoch
-    start = position * global_batch_size + process_index * per_process
-    indices = order[start:start + per_process]
-    images, captions = data.fetch(indices, image_size)
-    # Counted per batch, so lazy sources need not read every caption up front.
-    num_captions = np.array([len(c) for c in captions])
-    choice = np.floor(draws[indices] * num_captions).astype(np.int64)
-    texts = [caps[c] for caps, c in zip(captions, choice)]
-    yield {
-        "image": _device_split(normalize(images, mean, std), num_devices),
-        "text": _device_split(tokenizer.encode(texts, context_length), num_devices),
-    }
+    yield add_text(make_images(step))
     step += 1
+
+
+def _allow_unparsed_absl_flags() -> None:
+  """Lets grain's worker processes start in a program that never parsed absl flags.
+
+  grain 0.2.18 reads one of its absl flags when it starts workers with JAX loaded, and
+  absl refuses that before the flags are parsed (google/grain#1355, fixed after 0.2.18).
+  Programs run by ``absl.app`` have parsed them already; for the others (tests, notebooks)
+  every flag keeps its default, as it would have anyway.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def grain_train_batches(data, *, global_batch_size: int, num_devices: int, image_size: int,
+                        context_length: int, seed: int, start_step: int = 0,
+                        mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
+                        process_index: int = 0, process_count: int = 1,
+                        tokenizer: text.Tokenizer | None = None, num_workers: int = 0,
+                        num_threads: int = 1, buffer_size: int = 2) -> Iterator[dict[str, np.ndarray]]:
+  """Yields :func:`train_batches`' batches, made by grain worker processes.
+
+  Batch ``s`` is the same array for array as :func:`train_batches` yields at step ``s``, for
+  any ``num_workers``; only where the images are read, resized and normalised changes.
+  The captions are encoded once, here, in this process; the workers only send back which
+  caption of the split each slot takes.
+
+  Args:
+    data, global_batch_size, num_devices, image_size, context_length, seed, start_step,
+      mean, std, process_index, process_count, tokenizer: as for :func:`train_batches`.
+      ``data`` (without its token cache) is pickled into every worker: a
+      :class:`examples.LazyExamples` sends only its data source, an in-memory split all
+      its images.
+    num_workers: processes that make batches; 0 makes them in this process.
+    num_threads: threads per process that make batches ahead of use (Pillow's decoding
+      and resizing release the GIL, so a few help even without workers); 0 makes each
+      batch only when it is asked for.
+    buffer_size: batches each process keeps ready ahead of use.
+
+  Returns:
+    An infinite iterator of ``{'image': float32 [D, B/(P*D), S, S, 3], 'text': int32
+    [D, B/(P*D), L]}``. Call its ``close()`` when done to stop the workers at once (they
+    also stop when it is garbage-collected). Workers are spawned, not forked (forking a
+    process that runs JAX is unsafe), so, as for any spawning ``multiprocessing`` code, a
+    script that uses workers must start from an ``if __name__ == "__main__":`` guard.
+  """
+  if not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
+    raise ConfigError(f"num_workers={num_workers!r} must be a non-negative integer")
+  if not isinstance(num_threads, (int, np.integer)) or num_threads < 0:
+    raise ConfigError(f"num_threads={num_threads!r} must be a non-negative integer")
+  _check_positive_int("buffer_size", buffer_size)
+  make_images, add_text = _training_stages(
+      data, global_batch_size=global_batch_size, num_devices=num_devices, image_size=image_size,
+      context_length=context_length, seed=seed, start_step=start_step, mean=mean, std=std,
+      process_index=process_index, process_count=process_count, tokenizer=tokenizer)
+  # Imported here: grain pulls in JAX (about a second), and only this iterator needs it.
+  import grain  # pylint: disable=g-import-not-at-top
+  if num_workers:
+    _allow_unparsed_absl_flags()
+  # Element k of the range is step start_step + k; there is no last step.
+  steps = grain.MapDataset.range(start_step, sys.maxsize).map(make_images)
+  # grain's defaults (16 threads, 500 elements ahead) suit small records, not whole batches.
+  batches = steps.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=buffer_size))
+  # Worker w makes steps w, w + W, ...; grain interleaves them back in step order.
+  batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
+                                                             per_worker_buffer_size=buffer_size))
+  return iter(batches.map(add_text))
+
+
+# ---------------------------------------------------------------------------- evaluation
 
 
 def num_batches(count: int, batch_size: int) -> int:
@@ -209,10 +372,11 @@ def eval_image_batches(data, *, batch_size: int, num_devices: int, image_size: i
 
 
 def eval_text_batches(data, *, batch_size: int, num_devices: int, context_length: int,
-                      tokenizer: tokenizer_lib.Tokenizer | None = None) -> Iterator[dict[str, np.ndarray]]:
+                      tokenizer: text.Tokenizer | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Yields every caption once, image-major, with the index of its image; see the module doc.
 
-  ``tokenizer`` encodes the captions; None is the byte tokenizer.
+  ``tokenizer`` encodes the captions (None is the byte tokenizer), through the split's
+  token cache (:meth:`examples.Examples.tokens`), so repeated evaluations encode nothing.
 
   Yields:
     ``{'text': int32 [D, b, L], 'mask': bool [D, b], 'image_index': int32 [D, b],
@@ -221,16 +385,75 @@ def eval_text_batches(data, *, batch_size: int, num_devices: int, context_length
   """
   data = examples_lib.as_examples(data)
   _check_batch("batch_size", batch_size, num_devices)
-  tokenizer_lib.check_context_length(context_length)
-  tokenizer = _BYTES if tokenizer is None else tokenizer
-  texts = [text for caps in data.captions() for text in caps]
-  image_index = caption_image_index(data)
-  for start in range(0, len(texts), batch_size):
-    stop = min(start + batch_size, len(texts))
+  text.check_context_length(context_length)
+  tokens, image_index = data.tokens(_BYTES if tokenizer is None else tokenizer, context_length)
+  for start in range(0, len(tokens), batch_size):
+    stop = min(start + batch_size, len(tokens))
     batch = {
-        "text": _pad(tokenizer.encode(texts[start:stop], context_length), batch_size, 0),
+        # A copy: the cached tokens are read-only and shared, a batch is the caller's own.
+        "text": _pad(np.array(tokens[start:stop]), batch_size, 0),
         "mask": _pad(np.ones(stop - start, dtype=bool), batch_size, False),
-        "image_index": _pad(image_index[start:stop], batch_size, -1),
+        "image_index": _pad(np.array(image_index[start:stop]), batch_size, -1),
         "caption_index": _pad(np.arange(start, stop, dtype=np.int32), batch_size, -1),
     }
     yield {k: _device_split(v, num_devices) for k, v in batch.items()}
+
+
+# ------------------------------------------------------------------------------ prefetch
+
+_DONE = object()
+
+
+class _Failure:
+
+  def __init__(self, error: BaseException):
+    self.error = error
+
+
+def prefetch(iterable: Iterable[Any], buffer_size: int = 2) -> Iterator[Any]:
+  """Yields the items of ``iterable``, produced up to ``buffer_size`` ahead by a thread.
+
+  Overlaps host batch preparation with device compute. Order is preserved and an exception
+  raised by the producer is re-raised here. Closing the returned generator (or dropping
+  it) stops the thread after its current item.
+  """
+  if buffer_size < 1:
+    raise ValueError(f"buffer_size={buffer_size} must be >= 1")
+  items: queue.Queue = queue.Queue(maxsize=buffer_size)
+  stop = threading.Event()
+
+  def put(item) -> bool:
+    while not stop.is_set():
+      try:
+        items.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def produce():
+    try:
+      for item in iterable:
+        if not put(item):
+          return
+      put(_DONE)
+    except BaseException as e:  # pylint: disable=broad-except
+      put(_Failure(e))
+
+  # A daemon thread: an infinite training iterator must not keep the process alive.
+  thread = threading.Thread(target=produce, name="modgap_jax-prefetch", daemon=True)
+  thread.start()
+
+  def consume():
+    try:
+      while True:
+        item = items.get()
+        if item is _DONE:
+          return
+        if isinstance(item, _Failure):
+          raise item.error
+        yield item
+    finally:
+      stop.set()
+
+  return consume()

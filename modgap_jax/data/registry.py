@@ -1,7 +1,9 @@
-"""Dataset names, their splits and label keys, and ``load``: name -> TFDS data source.
+"""The catalog: dataset names, their splits and label keys, and ``load``: name -> data source.
 
 ``load`` builds a local dataset on first use (offline; a few seconds for twemoji) into
 the cache directory of :mod:`paths` and returns ``tfds.data_source``-style random access.
+Importing this module imports :mod:`modgap_jax.data.builders`, which registers the builders
+with TFDS.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ import re
 
 import tensorflow_datasets as tfds
 
-from modgap_jax.data import coco
-from modgap_jax.data import digits
-from modgap_jax.data import fashion_mnist
 from modgap_jax.data import paths
-from modgap_jax.data import twemoji
+from modgap_jax.data.builders import coco
+from modgap_jax.data.builders import digits
+from modgap_jax.data.builders import fashion_mnist
+from modgap_jax.data.builders import twemoji
 from modgap_jax.errors import ConfigError
 from modgap_jax.errors import check_choice
 

@@ -1,4 +1,4 @@
-"""Class names and prompt templates for zero-shot classification (SPEC §2).
+"""Class names and prompt templates for zero-shot classification (MATH.md §2).
 
 ``classnames[k]`` names label id ``k`` of the dataset's ``label_key`` feature. Templates
 are ``str.format`` strings with one ``{}``; the metric embeds ``template.format(name)``
@@ -7,9 +7,9 @@ for every template, averages over templates and re-normalises.
 
 from __future__ import annotations
 
-from modgap_jax.data import class_captions
 from modgap_jax.data import registry
-from modgap_jax.data import twemoji
+from modgap_jax.data.builders import class_captions
+from modgap_jax.data.builders import twemoji
 from modgap_jax.errors import ConfigError
 from modgap_jax.errors import check_choice
 

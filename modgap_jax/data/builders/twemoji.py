@@ -18,9 +18,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
-from modgap_jax.data import builder_base
-from modgap_jax.data import splits
-from modgap_jax.data import twemoji_source
+from modgap_jax.data.builders import base
+from modgap_jax.data.builders import splits
+from modgap_jax.data.builders import twemoji_source
 
 TRAIN_FRACTION = 0.8
 _SPLIT_SALT = "twemoji_captions/v1"
@@ -45,7 +45,7 @@ def split_of(emojis: list[twemoji_source.Emoji]) -> dict[str, list[twemoji_sourc
   }
 
 
-class TwemojiCaptions(builder_base.OfflineBuilder):
+class TwemojiCaptions(base.OfflineBuilder):
   """Twemoji 72x72 images with captions from emoji names; works offline."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -63,8 +63,8 @@ class TwemojiCaptions(builder_base.OfflineBuilder):
             "base_id": tfds.features.Text(),
         },
         description=("Twemoji images (RGB on white, 72x72) with captions from their Unicode names and "
-                     "short names; split 80/20 by base emoji. " + builder_base.TWEMOJI_ATTRIBUTION),
-        citation=builder_base.TWEMOJI_ATTRIBUTION,
+                     "short names; split 80/20 by base emoji. " + base.TWEMOJI_ATTRIBUTION),
+        citation=base.TWEMOJI_ATTRIBUTION,
         homepage="https://github.com/jdecked/twemoji",
     )
 

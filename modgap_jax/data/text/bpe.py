@@ -1,6 +1,6 @@
 """Byte-level BPE trained on the training captions: deterministic, offline, never fails.
 
-Why: byte sequences spend a short context on spelling (tokenizer.py), and a small text
+Why: byte sequences spend a short context on spelling (:mod:`.byte`), and a small text
 Transformer learns words slowly from bytes. BPE merges frequent byte runs into single
 tokens, so a caption takes a few tokens per word, and any string can still be encoded
 because the 256 bytes stay in the vocabulary.
@@ -44,7 +44,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from modgap_jax.data import tokenizer
+from modgap_jax.data.text import base
 from modgap_jax.errors import ConfigError
 
 END_OF_WORD = 256
@@ -66,7 +66,7 @@ _CACHE_LIMIT = 1 << 18
 def _pieces(text: str) -> list[tuple[int, ...]]:
   """Normalised text -> its pieces as tuples of base symbols (see the module doc)."""
   pieces = []
-  for word, other in _PIECE.findall(tokenizer.normalize(text)):
+  for word, other in _PIECE.findall(base.normalize(text)):
     if word:
       pieces.append(tuple(word.encode("utf-8")) + (END_OF_WORD,))
     else:
@@ -169,7 +169,7 @@ class BPETokenizer:
     pad_id, sot_id, eot_id: 0, ``vocab_size - 2`` and ``vocab_size - 1``.
   """
 
-  pad_id = tokenizer.pad_id
+  pad_id = base.PAD_ID
 
   def __init__(self, merges: Iterable[tuple[int, int]]):
     self.merges = tuple((int(a), int(b)) for a, b in merges)
@@ -213,14 +213,14 @@ class BPETokenizer:
   def encode(self, texts: str | Sequence[str], context_length: int) -> np.ndarray:
     """Encodes texts as int32 [n, context_length]: SOT, tokens, EOT, then 0-padding.
 
-    Laid out as the byte tokenizer does (:func:`tokenizer.pack`): a text too long for the
+    Laid out as the byte tokenizer does (:func:`.base.pack`): a text too long for the
     context keeps its first ``context_length - 2`` tokens and EOT in the last slot. A
     single string is treated as a batch of one.
     """
-    tokenizer.check_context_length(context_length)
+    base.check_context_length(context_length)
     if isinstance(texts, str):
       texts = [texts]
-    return tokenizer.pack((self.encode_text(text) for text in texts), context_length,
+    return base.pack((self.encode_text(text) for text in texts), context_length,
                           self.sot_id, self.eot_id)
 
   def decode(self, tokens: np.ndarray) -> list[str]:
@@ -259,7 +259,7 @@ class BPETokenizer:
     return text + ("</w>" if self._ends_word[symbol] else "")
 
   def to_json(self) -> str:
-    """The merges as JSON; :meth:`from_json` (or ``tokenizer.from_json``) reads it back."""
+    """The merges as JSON; :meth:`from_json` (or ``text.from_json``) reads it back."""
     return json.dumps({"kind": _JSON_KIND, "version": _JSON_VERSION, "vocab_size": self.vocab_size,
                        "merges": [list(pair) for pair in self.merges]})
 

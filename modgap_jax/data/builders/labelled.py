@@ -14,10 +14,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
-from modgap_jax.data import builder_base
+from modgap_jax.data.builders import base
 
 
-class LabelledImageBuilder(builder_base.OfflineBuilder, skip_registration=True):
+class LabelledImageBuilder(base.OfflineBuilder, skip_registration=True):
   """Subclasses give the image shape, class names and per-split arrays."""
 
   IMAGE_SHAPE: tuple[int, int, int]

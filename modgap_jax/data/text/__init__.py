@@ -1,0 +1,35 @@
+"""Tokenizers: caption text -> int32 token ids, and back.
+
+Modules, each importing only those above it in this list:
+  ``base``     the :class:`Tokenizer` interface, the shared id layout (:func:`pack`:
+               SOT, body, EOT, 0-padding; EOT is the largest id), ``normalize`` and
+               ``check_context_length``;
+  ``byte``     :class:`ByteTokenizer`, the default (UTF-8 bytes, 259 ids), and the
+               module-level ``tokenize`` / ``detokenize`` that use it;
+  ``bpe``      :class:`BPETokenizer` and :func:`train_bpe` (byte-level BPE trained on the
+               training captions);
+  ``factory``  ``make_tokenizer(kind, captions, vocab_size)``, ``from_json`` and
+               ``TOKENIZER_KINDS``.
+
+Nothing here imports TFDS or the dataset builders, so code that only encodes text (an
+evaluation script, a prompt tool) stays light::
+
+  from modgap_jax.data import text
+  tokenizer = text.make_tokenizer("bpe", train_captions, 2048)
+  tokens = tokenizer.encode(["an emoji of a cat"], 32)      # int32 [1, 32]
+  assert text.from_json(tokenizer.to_json()) == tokenizer
+"""
+
+from modgap_jax.data.text.base import PAD_ID
+from modgap_jax.data.text.base import Tokenizer
+from modgap_jax.data.text.base import check_context_length
+from modgap_jax.data.text.base import normalize
+from modgap_jax.data.text.base import pack
+from modgap_jax.data.text.bpe import BPETokenizer
+from modgap_jax.data.text.bpe import train_bpe
+from modgap_jax.data.text.byte import ByteTokenizer
+from modgap_jax.data.text.byte import detokenize
+from modgap_jax.data.text.byte import tokenize
+from modgap_jax.data.text.factory import TOKENIZER_KINDS
+from modgap_jax.data.text.factory import from_json
+from modgap_jax.data.text.factory import make_tokenizer
