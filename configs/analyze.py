@@ -28,7 +28,7 @@ def get_config() -> ConfigDict:
   config.chunk_size = 1024  # query rows per block of every similarity computation
   config.hist_bins = 100  # cosine histograms over [−1, 1]
   config.hist_max_rows = 10000  # rows per modality in the histograms (seeded sample); <= 0: all
-  config.gap_pairs = 512  # SPEC §2: Δ on 512 random pairs
+  config.gap_pairs = 512  # MATH.md §2: Δ on 512 random pairs
   # Logistic probes (labels and image-vs-text): penalty (l2/2)‖W‖² on the mean CE, L-BFGS steps.
   config.probe_l2 = 1e-3
   config.probe_steps = 300

@@ -4,7 +4,7 @@ Run (about 5 minutes on 2 CPU cores, first run included, which builds the datase
 
   python -m experiments.main --config configs/default.py --workdir runs/default
 
-Pick a mitigation of SPEC §4 with the config argument (see modgap_jax/methods.py):
+Pick a mitigation of MATH.md §4 with the config argument (see modgap_jax/methods.py):
 
   --config configs/default.py:flt=0.04     fixed τ
   --config configs/default.py:ts=S3        τ scheduled 0.01 → 0.05
@@ -30,9 +30,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.dataset = ml_collections.ConfigDict(dict(
       name="twemoji_captions",
       data_dir="",  # empty: $TFDS_DATA_DIR, else ~/.cache/modgap_jax/tensorflow_datasets
+      # Datasets from your files (name='coco_raw' or 'image_text_folder'): the folder they read.
+      # coco_raw: a COCO root (annotations/captions_{train,val}2017.json, train2017/, val2017/);
+      # image_text_folder: a folder with captions.jsonl. Built once per (path, options) into data_dir.
+      path="",
+      store_size=256,  # short side of images stored at build time (never upscaled); 0 = as they are
+      karpathy_split="",  # coco_raw: dataset_coco.json; '' = look in path and path/annotations
+      test_fraction=0.1,  # image_text_folder without 'split' fields: share of images in 'test'
+      split_seed=0,  # ... and which images those are (a SHA-256 hash of seed and image path)
       train_split="train",
-      eval_split="test",
-      zero_shot_label="subcategory",
+      eval_split="test",  # coco_raw: 'val' without Karpathy's file, which adds 'test' and 'restval'
+      zero_shot_label="subcategory",  # a label feature ('label' for image_text_folder); '' = no zero-shot
       tokenizer="bpe",  # BPE trained on the train captions ('byte' for raw UTF-8 bytes)
       # CLIP's RGB normalisation.
       mean=(0.48145466, 0.4578275, 0.40821073),
@@ -42,6 +50,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       on_device="auto",
       mismatch_fraction=0.0,  # share of training images paired with another image's captions
       augment_min_scale=1.0,  # random crops of scale [min, 1], on device; 1.0 = none
+      # Streamed splits only: CLIP's random-resized crop of the stored image, area share drawn in
+      # crop_scale and aspect (w/h) log-uniformly in crop_ratio; () = off (centre crops).
+      crop_scale=(),
+      crop_ratio=(3 / 4, 4 / 3),
+      # Streamed splits only: grain worker processes that read and resize batches; -1 = auto
+      # (one per core up to 8 for a lazily read split, none for one in memory).
+      num_workers=-1,
   ))
 
   config.model = default_model_config()
@@ -68,6 +83,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Train steps per device call (a lax.scan; logs stay per step). 0 = auto: 1 on CPU, where a
   # dispatch costs little and a scanned step runs slower, 10 on accelerators.
   config.steps_per_dispatch = 0
+  # A step whose loss, gradient norm or parameters are not finite: 'stop' ends the run there
+  # (exit 3, the last good checkpoint intact); 'skip' drops that update and counts it.
+  config.nonfinite = "stop"
   config.log_every = 10
   config.eval_every = 250  # steps; the last step is always evaluated
   config.checkpoint_every = 100
@@ -75,6 +93,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict(dict(
       gap_pairs=512, linear_probe=True, probe_l2=1e-3, probe_steps=300, zero_shot=True, batch_size=512))
   config.progress_bar = True
+  config.tensorboard = True  # event files (scalars, the PCA figure) in the workdir, via tensorboardX
 
   methods.apply_method(config, arg or "baseline")
   return config

@@ -1,4 +1,4 @@
-r"""Gradient-flow simulations of the paper's theory (SPEC §3), one preset per claim.
+r"""Gradient-flow simulations of the paper's theory (MATH.md §3), one preset per claim.
 
 Run:
 
@@ -14,7 +14,7 @@ Presets:
   log t, γ·β² constant, γ·log²t bounded, and the log-log exponent of γ.
 - ``theorem33``: the gap grows at the start, on 100 uniform random parallel inits.
 - ``reparams``: exp, exp_scaled, softplus, fixed τ, a τ schedule, a capped β and c = 0.1, on
-  one reduced flow; the softplus rate question of SPEC §3.4.
+  one reduced flow; the softplus rate question of MATH.md §3.4.
 
 Every field can be overridden on the command line, e.g.
 ``--config.temperature.reparam=softplus --config.batch=16``. ``variants`` lists, per named
@@ -34,7 +34,7 @@ def base_config() -> ConfigDict:
   config = ConfigDict()
   config.task = "dynamics"
   config.preset = ""
-  # reduced | parallel | free (SPEC §3.1–3.2); the reduced model's RHS: closed_form | autodiff.
+  # reduced | parallel | free (MATH.md §3.1–3.2); the reduced model's RHS: closed_form | autodiff.
   config.model = "reduced"
   config.reduced_rhs = "closed_form"
   config.n = 8
@@ -50,7 +50,8 @@ def base_config() -> ConfigDict:
   # grid: log (0, then num−1 points from t_min to t_max) | linear (num points on [0, t_max]).
   config.time = ConfigDict(dict(grid="log", t_min=1e-3, t_max=1e6, num=121))
   # atol far below any γ of interest: odeint's error test is atol + rtol·|y| per component.
-  config.solver = ConfigDict(dict(rtol=1e-10, atol=1e-300, mxstep=1_000_000))
+  # mxstep stays inf: odeint extrapolates silently past a finite one (see dynamics.simulate).
+  config.solver = ConfigDict(dict(rtol=1e-10, atol=1e-300, mxstep=float("inf")))
   config.analysis = ConfigDict(dict(
       window=(1e4, 1e6),          # Theorem 3.2 / rate fits
       decay_window=(1e1, 1e3),    # fixed τ: exponential fit of log γ against t
@@ -113,7 +114,7 @@ def _reparams(config: ConfigDict) -> None:
       exp_scaled=dict(temperature=dict(reparam="exp_scaled")),
       softplus=dict(temperature=dict(reparam="softplus")),
       fixed=dict(temperature=dict(mode="fixed")),
-      # SPEC §4.1's TS S3 in flow time: τ from 0.01 to 0.05 over t ∈ [0, 100].
+      # MATH.md §4.1's TS S3 in flow time: τ from 0.01 to 0.05 over t ∈ [0, 100].
       scheduled=dict(temperature=dict(mode="scheduled")),
       # A cap low enough to be reached by t = 1e6 (here at t ≈ 2e4; CLIP's 100 would be
       # reached only at t ≫ 1e10).

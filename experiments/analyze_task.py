@@ -10,7 +10,7 @@ input is one of:
     caption i belongs to image i and M must equal N;
   - ``labels`` (optional): int [N], each image's class (enables the linear probe);
   - ``class_text_emb`` (optional, needs ``labels``): float [C, d], or [C, T, d] for T prompt
-    templates per class (enables zero-shot, SPEC §2).
+    templates per class (enables zero-shot, MATH.md §2).
   Rows may have any nonzero norm: they are normalised, and the report says when norms varied.
   Other keys are ignored (and listed in ``analysis.json`` under ``ignored_keys``).
 - **a directory holding ``embeddings.npz``**: that file, as above.
@@ -229,7 +229,7 @@ def _fmt(v) -> str:
 
 
 REPORT_SECTIONS = (
-    ("SPEC §2 metrics", (
+    ("MATH.md §2 metrics", (
         ("modality gap Δ (all caption pairs)", ("gap",)), ("Δ on 512 random pairs", ("gap_512",)),
         ("alignment ↓", ("alignment",)), ("CLIP loss at β (one batch)", ("loss",)),
         ("uniformity −W2 image / text / union ↑", ("uniformity_w2_image", "uniformity_w2_text", "uniformity_w2_union")),
@@ -246,7 +246,7 @@ REPORT_SECTIONS = (
     ("Separability", (
         ("image-vs-text linear classifier, held-out accuracy", ("modality_separability",)),
         ("effective rank image / text", ("effective_rank_image", "effective_rank_text")))),
-    ("Gap shift and the parallel model (SPEC §3.1)", (
+    ("Gap shift and the parallel model (MATH.md §3.1)", (
         ("λ minimising the loss / its loss", ("shift_best_lambda", "shift_best_loss")),
         ("γ fitted along ĝ / common offset / R²", ("parallel_gamma", "parallel_offset", "parallel_r2")),
         ("κ = β(1 − γ²)", ("parallel_kappa",)), ("Δ ≥ 2|γ|", ("parallel_bound_holds",)))),

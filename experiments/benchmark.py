@@ -68,7 +68,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from configs import default  # noqa: E402
-from modgap_jax import metrics, models, train_step  # noqa: E402
+from modgap_jax import metrics, models, numerics, train_step  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", "auto", ["auto", "tiny", "rn50"],
@@ -318,7 +318,7 @@ def interleave(runs: dict[str, Callable[[int], None]], steps: int) -> dict[str, 
   per_round = min(ROUND_STEPS, steps)
   times = {name: [] for name in runs}
   order = list(runs)
-  for _ in range(-(-steps // per_round)):
+  for _ in range(numerics.ceil_div(steps, per_round)):
     for name in order:
       start = time.perf_counter()
       runs[name](per_round)
@@ -403,7 +403,7 @@ def describe_setup(name: str, config, batch_size: int, steps: int) -> None:
         f"{batch_size}; AdamW lr {o.learning_rate} b1 {o.b1} b2 {o.b2} eps {o.eps}, weight decay "
         f"{o.weight_decay} on weight matrices")
   per_round = min(ROUND_STEPS, steps)
-  print(f"timing: median over {-(-steps // per_round)} interleaved rounds of {per_round} steps, "
+  print(f"timing: median over {numerics.ceil_div(steps, per_round)} interleaved rounds of {per_round} steps, "
         f"after {WARMUP_STEPS} warm-up steps")
 
 

@@ -26,7 +26,7 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from modgap_jax import dynamics, run_io
-from modgap_jax.dynamics import analysis
+from modgap_jax.dynamics import analysis, checks
 from modgap_jax.errors import ConfigError
 from modgap_jax.plots import dynamics as plots
 from modgap_jax.temperature import Reparam
@@ -37,7 +37,7 @@ NOTES = {
                    "names each run's rows. NaN marks an undefined quantity."),
     "gamma": "γ of the parallel structure (reduced, parallel); NaN for the free model.",
     "nu": "The ν that gives β; in scheduled mode ν(1/τ(t)) of the schedule.",
-    "invariant": ("SPEC §3.3: I = log|γ| − γ²/2 + ∫_1^β 2b/(c β'(ν(b))²) db (reference β_ref = 1). "
+    "invariant": ("MATH.md §3.3: I = log|γ| − γ²/2 + ∫_1^β 2b/(c β'(ν(b))²) db (reference β_ref = 1). "
                   "exp: (2/c) log β; exp_scaled: (2s²/c) log β; softplus: (2/c)[F(β) − F(1)] with "
                   "F(b) = b²/2 − b/(e^b − 1) + (1 + b) log(1 − e^{−b}) − Li₂(e^{−b}) (the exact antiderivative; "
                   "equal to quadrature to 1e-11). NaN for the free model, for fixed and scheduled τ (ν does not "
@@ -109,122 +109,6 @@ def build(config: ConfigDict) -> tuple[dynamics.FlowSpec, dynamics.InitSpec, np.
   return spec, init, grid
 
 
-# --- verification ---------------------------------------------------------------------
-
-
-def _window_ok(t: np.ndarray, window) -> bool:
-  lo, hi = window
-  return int(np.sum((t >= lo) & (t <= hi))) >= 3
-
-
-def _story(records: dict) -> dict:
-  """Row 0's gap/τ story (Figure 2): peaks, when every pair is matched, where it ends."""
-  t, gap, tau, matched = (records[k][0] for k in ("t", "gap", "tau", "matched_frac"))
-  done = np.flatnonzero(matched >= 1.0)
-  # The first time after which every pair stays matched.
-  stays = [k for k in done if np.all(matched[k:] >= 1.0)]
-  return {"gap_initial": float(gap[0]), "gap_peak": float(np.nanmax(gap)), "t_gap_peak": float(t[np.nanargmax(gap)]),
-          "tau_initial": float(tau[0]), "tau_peak": float(np.nanmax(tau)), "t_tau_peak": float(t[np.nanargmax(tau)]),
-          "t_all_matched": float(t[stays[0]]) if stays else None, "gap_final": float(gap[-1]),
-          "tau_final": float(tau[-1])}
-
-
-def check_run(config: ConfigDict, spec: dynamics.FlowSpec, records: dict, gap_rate0: np.ndarray) -> dict:
-  """The verification numbers that apply to this run's model and mode (SPEC §3.3–3.5)."""
-  t = records["t"][0]
-  cfg = config.analysis
-  out = {
-      "initial_gap_mean": float(np.mean(records["gap"][:, 0])),
-      "final_gap_mean": float(np.nanmean(records["gap"][:, -1])),
-      "max_gap_mean": float(np.mean(np.nanmax(records["gap"], axis=1))),
-      "final_tau_mean": float(np.nanmean(records["tau"][:, -1])),
-      "final_matched_frac_mean": float(np.nanmean(records["matched_frac"][:, -1])),
-      "trajectories_with_nan": int(np.sum(~np.isfinite(records["gap"]).all(axis=1))),
-      # Theorem 3.3 literally: the sign of dΔ/dt at t = 0.
-      "initial_gap_velocity": {"share_positive": float(np.mean(gap_rate0 > 0)),
-                               "mean": float(np.mean(gap_rate0))},
-      "first_trajectory": _story(records),
-      "gap_rise": {k: v for k, v in analysis.gap_rise(records["t"], records["gap"], cfg.t_early).items()
-                   if k != "rises"},
-  }
-  if spec.has_gamma and spec.learns_temperature:
-    if spec.mode == "capped":
-      # Lemma 3.1 holds until β reaches the cap; from then on ν is frozen and I falls.
-      before = records["beta"] < spec.beta_cap * (1 - 1e-9)
-      out["invariant_drift_before_cap"] = analysis.invariant_drift(np.where(before, records["invariant"], np.nan))
-    else:
-      out["invariant_drift"] = analysis.invariant_drift(records["invariant"])
-    below = np.abs(records["gamma"]) < dynamics.GAMMA_FLOOR
-    out["gamma_below_floor_points"] = int(below.sum())
-  if not spec.has_gamma:
-    return out
-  gamma, beta = records["gamma"], records["beta"]
-  if spec.mode == "learned" and _window_ok(t, cfg.window):
-    if spec.reparam.name == "exp":
-      out["theorem32"] = analysis.theorem32(records["t"], beta, gamma, spec.rate, *cfg.window)
-    if spec.reparam.name == "softplus":
-      out["softplus_rate"] = analysis.softplus_rate(records["t"], beta, gamma, spec.rate, *cfg.window)
-  edges = [e for e in cfg.exponent_edges if t[1] <= e <= t[-1]]
-  if spec.mode in ("learned", "capped") and len(edges) >= 2:
-    out["local_exponents"] = {"edges": edges,
-                              "dlog_gamma_dloglog_t": analysis.local_exponents(records["t"], gamma, edges),
-                              "dlog_gamma_dlog_t": analysis.local_power_of_t(records["t"], gamma, edges)}
-  if spec.mode == "fixed" and _window_ok(t, cfg.decay_window):
-    out["exponential_decay"] = analysis.exponential_decay(records["t"], gamma, *cfg.decay_window)
-  if spec.mode == "capped" and _window_ok(t, cfg.window):
-    out["capped"] = analysis.capped_regime(records["t"], beta, gamma, spec.beta_cap, *cfg.window)
-  if spec.mode == "scheduled" and _window_ok(t, cfg.window):
-    out["exponential_decay"] = analysis.exponential_decay(records["t"], gamma, *cfg.window)
-  return out
-
-
-def _asymptotic_exponent(spec: dynamics.FlowSpec) -> float:
-  """The t → ∞ limit of d log γ / d log log t for a learned flow: γ ∝ β^{−2/c} (or β^{−2s²/c}).
-
-  softplus (γ ∝ e^{−β²/c}) has none: it falls faster than any power of 1/log t.
-  """
-  if spec.reparam.name == "exp":
-    return -2.0 / spec.rate
-  if spec.reparam.name == "exp_scaled":
-    return -2.0 * spec.reparam.scale**2 / spec.rate
-  return "none: faster than any power of 1/log t"
-
-
-def findings(runs: list[dict]) -> dict:
-  """Cross-run comparisons (the ``reparams`` preset's questions), from the per-run checks."""
-  results = {r["name"]: r["checks"] for r in runs}
-  out = {}
-  learned = [r for r in runs if r["spec"].mode == "learned" and "local_exponents" in r["checks"]]
-  if len(learned) > 1:
-    out["local_exponents_by_run"] = {
-        r["name"]: {"edges": r["checks"]["local_exponents"]["edges"],
-                    "measured": r["checks"]["local_exponents"]["dlog_gamma_dloglog_t"],
-                    "asymptotic_prediction": _asymptotic_exponent(r["spec"])} for r in learned}
-  exps = results.get("exp", {}).get("local_exponents")
-  soft = results.get("softplus", {})
-  if exps and soft.get("local_exponents"):
-    e = exps["dlog_gamma_dloglog_t"]
-    s = soft["local_exponents"]["dlog_gamma_dloglog_t"]
-    out["softplus_vs_exp_local_exponents"] = {
-        "edges": exps["edges"], "exp": e, "softplus": s,
-        "softplus_more_negative_everywhere": bool(all(a < b for a, b in zip(s, e))),
-        "softplus_exponent_keeps_decreasing": bool(all(b < a for a, b in zip(s[:-1], s[1:]))),
-    }
-  if "softplus_rate" in soft:
-    r = soft["softplus_rate"]
-    out["softplus_rate_verdict"] = (
-        f"over t in [{r['window'][0]:g}, {r['window'][1]:g}]: log γ + β²/c moves by only "
-        f"{r['log_gamma_plus_beta2_over_c_spread']:.3g} while γ·t·log t changes by a factor "
-        f"{r['t_log_t_gamma_factor']:.3g} and d log γ/d log t = {r['power_of_t']:.3g} (1/(t log t) would "
-        f"give ≈ −1.1); γ reaches 1e{r['log10_gamma_at_window_end']:.0f}. The simulator supports "
-        "γ ∝ e^{−β²/c} (SPEC's derivation), not Θ(1/(t log t)).")
-  if "fixed" in results and "exponential_decay" in results["fixed"]:
-    out["fixed_tau_exponential"] = results["fixed"]["exponential_decay"]
-  if "capped" in results and "capped" in results["capped"]:
-    out["capped_saturated_regime"] = results["capped"]["capped"]
-  return out
-
-
 # --- output ---------------------------------------------------------------------------
 
 
@@ -286,13 +170,13 @@ def run(config: ConfigDict, workdir: str) -> dict:
     tic = time.time()
     state0, data = dynamics.initial_states(spec, init, jax.random.PRNGKey(int(cfg.seed)), int(cfg.batch))
     records, states = dynamics.simulate(spec, state0, data, grid, rtol=float(cfg.solver.rtol),
-                                        atol=float(cfg.solver.atol), mxstep=int(cfg.solver.mxstep))
+                                        atol=float(cfg.solver.atol), mxstep=float(cfg.solver.mxstep))
     gap_rate0 = dynamics.initial_gap_velocity(spec, state0, data)
-    checks = check_run(cfg, spec, records, gap_rate0)
+    run_checks = checks.check_run(cfg, spec, records, gap_rate0)
     seconds = time.time() - tic
     logging.info("dynamics run %s: %.1f s", name, seconds)
     runs.append(dict(name=name, config=cfg, spec=spec, init=init, records=records, states=states,
-                     data=data, checks=checks, seconds=seconds))
+                     data=data, checks=run_checks, seconds=seconds))
 
   stacked = {k: np.concatenate([r["records"][k] for r in runs], axis=0) for k in dynamics.TRAJECTORY_KEYS}
   with run_io.atomic_path(os.path.join(workdir, "trajectory.npz")) as tmp, open(tmp, "wb") as f:
@@ -314,7 +198,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
       "trajectory": {"keys": list(dynamics.TRAJECTORY_KEYS), "shape": list(stacked["t"].shape),
                      "invariant_reference_beta": dynamics.BETA_REF, "gamma_floor": dynamics.GAMMA_FLOOR},
       "runs": rows,
-      "findings": findings(runs),
+      "findings": checks.findings(runs),
       "figures": figures,
       "seconds": round(time.time() - start, 2),
       "config": config.to_dict(),

@@ -1,23 +1,42 @@
 """Entry point: ``python -m experiments.main --config configs/<x>.py[:arg] --workdir runs/<name>``.
 
-Flags go to a config; ``config.task`` picks the job. Bad input of any kind ends with a
-one-line ``error: ...`` on stderr and exit code 2.
+Flags go to a config; ``config.task`` picks the job. Exit codes:
+
+- 0: done, or stopped by SIGTERM/SIGINT after saving a checkpoint (the line says how to resume);
+- 2: bad input of any kind (config file, field, workdir, data), one ``error: ...`` line on
+  stderr, and nothing written;
+- 3: a training step went non-finite (``config.nonfinite='stop'``), one ``error: ...`` line.
 """
 
+import importlib.util
 import os
+import shlex
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from modgap_jax.errors import ConfigError
+from modgap_jax.errors import ConfigError, NonFiniteError, Preempted
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file, optionally ':arg'.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, report and figures.")
+flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 (jax.distributed).")
+flags.DEFINE_integer("num_processes", None, "Multi-host: the number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index in [0, num_processes).")
+
+
+
+def cluster_detected(environ=os.environ) -> bool:
+  """Whether jax.distributed.initialize() can configure itself here: SLURM or Open MPI with
+  more than one task, a Cloud TPU pod, or an explicit JAX_COORDINATOR_ADDRESS."""
+  if int(environ.get("SLURM_NTASKS", "1")) > 1 or int(environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+    return True
+  return "TPU_WORKER_HOSTNAMES" in environ or "JAX_COORDINATOR_ADDRESS" in environ
 flags.mark_flags_as_required(["config", "workdir"])
 
-TASKS = ("train", "dynamics", "study")
+TASKS = ("train", "dynamics", "study", "analyze")
 
 
 def run_task(config, workdir: str) -> None:
@@ -32,8 +51,35 @@ def run_task(config, workdir: str) -> None:
   elif task == "dynamics":
     from experiments import dynamics_task
     dynamics_task.run(config, workdir)
+  elif task == "analyze":
+    from experiments import analyze_task
+    analyze_task.run(config, workdir)
   else:
     raise ConfigError(f"config.task={task!r} is not valid; choose one of {', '.join(map(repr, TASKS))}")
+
+
+def init_distributed(coordinator_address, num_processes, process_id) -> None:
+  """Joins a multi-process run through ``jax.distributed`` when there is one.
+
+  With the three flags, uses them. Without, calls ``jax.distributed.initialize()`` when the
+  environment is a cluster JAX detects itself (SLURM with more than one task, Open MPI,
+  Cloud TPU), and otherwise runs as a single process. On CPU the cross-process collectives go
+  through gloo.
+  """
+  given = [v is not None for v in (coordinator_address, num_processes, process_id)]
+  if any(given) and not all(given):
+    raise ConfigError("--coordinator_address, --num_processes and --process_id go together; give all three")
+  import jax
+
+  if all(given):
+    if not 0 <= process_id < num_processes:
+      raise ConfigError(f"--process_id={process_id} must lie in [0, --num_processes={num_processes})")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id)
+  elif cluster_detected():
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize()
 
 
 def main(argv):
@@ -41,22 +87,53 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   try:
+    init_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     run_task(FLAGS.config, FLAGS.workdir)
-  except (ConfigError, OSError) as e:  # OSError: config_flags defers "no such config file"
+  except (ConfigError, OSError) as e:  # OSError: an unwritable workdir, a missing data path
     print(f"error: {_one_line(e)}", file=sys.stderr)
     sys.exit(2)
+  except NonFiniteError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(NonFiniteError.EXIT_CODE)
+  except Preempted as e:
+    command = shlex.join(["python", "-m", "experiments.main", *sys.argv[1:]])
+    print(f"stopped: {e}; resume with: {command}", file=sys.stderr)
+    sys.exit(0)
 
 
 def _one_line(error: Exception) -> str:
-  """The informative line of a flag error.
-
-  ml_collections' config_flags embeds the config file's whole traceback in the message; its
-  last line ("pkg.ConfigError: ...") names the real problem, so that line is kept.
-  """
   lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-  if any(line.startswith("Traceback") for line in lines):
-    return lines[-1].split(": ", 1)[-1]
   return lines[0] if lines else type(error).__name__
+
+
+def _fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _check_config_file(value: str) -> None:
+  """Loads the --config file and calls its ``get_config`` once, so that the file's own
+  failures (a syntax error, an exception in ``get_config``) are one line with file and line.
+
+  config_flags would load it too, but it folds such failures into a flag error that carries
+  the whole traceback as text.
+  """
+  path, has_arg, arg = value.partition(":")
+  try:
+    spec = importlib.util.spec_from_file_location("_modgap_config_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+      _fail(f"--config={path!r} defines no get_config()")
+    module.get_config(arg) if has_arg else module.get_config()
+  except ConfigError as e:
+    _fail(_one_line(e))
+  except SyntaxError as e:
+    _fail(f"{e.filename} line {e.lineno}: {type(e).__name__}: {e.msg}")
+  except Exception as e:  # any other failure inside the config file: name its line
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == os.path.abspath(path)]
+    where = f"{path} line {frames[-1].lineno}" if frames else path
+    _fail(f"{where}: {type(e).__name__}: {_one_line(e)}")
 
 
 def _check_config_path(argv) -> None:
@@ -71,9 +148,9 @@ def _check_config_path(argv) -> None:
     path = value.split(":", 1)[0]
     if not os.path.isfile(path):
       configs = sorted(f for f in os.listdir("configs") if f.endswith(".py")) if os.path.isdir("configs") else []
-      print(f"error: --config={path!r}: no such file; choose one of "
-            f"{', '.join('configs/' + f for f in configs) or 'a path to a config .py file'}", file=sys.stderr)
-      sys.exit(2)
+      _fail(f"--config={path!r}: no such file; choose one of "
+            f"{', '.join('configs/' + f for f in configs) or 'a path to a config .py file'}")
+    _check_config_file(value)
 
 
 def _parse_flags(argv):

@@ -4,18 +4,18 @@ Inputs are image rows X [N, d] and caption rows Y [M, d] from any model. Caption
 image ``text_to_image[j]`` (identity when None, then M = N). Every row is L2-normalised here
 first; the result records the input norms and says whether they varied.
 
-Two pairings are used, each where it is the paper's (SPEC §1–2) or the literature's object:
+Two pairings are used, each where it is the paper's (MATH.md §1–2) or the literature's object:
 
 - *caption pairs* (image ``text_to_image[j]``, caption j), j < M: the gap Δ, alignment, g, the
   parallel-model fit and the shifted gaps, exactly as ``modgap_jax.evaluation`` computes them
   on a training run's eval split (an image counts once per caption);
 - *one-to-one pairs* (image i, its first caption), over the images that have one: the CLIP
-  loss of SPEC §1 with the whole set as one batch, and the image-vs-text separability probe,
+  loss of MATH.md §1 with the whole set as one batch, and the image-vs-text separability probe,
   where a repeated image would be a duplicated logit row or a train/test leak.
 
 What ``analyze`` returns (Python floats, ints, lists and None, ready for JSON):
 
-- SPEC §2 metrics, by ``modgap_jax.metrics``: ``gap``, ``gap_512``, ``alignment``,
+- MATH.md §2 metrics, by ``modgap_jax.metrics``: ``gap``, ``gap_512``, ``alignment``,
   ``uniformity_{w2,wi}_{image,text,union}`` (union: the N images and M captions stacked),
   ``i2t_r{1,5,10}``, ``t2i_r{1,5,10}``, ``zeroshot_top1``, ``linear_probe_top1`` (None when
   their inputs are absent), and ``loss`` (the CLIP loss at ``beta``).
@@ -33,7 +33,7 @@ What ``analyze`` returns (Python floats, ints, lists and None, ready for JSON):
 - The gap-shift experiment (Liang et al., 2022): images x → normalise(x − λg/2), captions
   y → normalise(y + λg/2) (class prompts too), for λ on a grid over [−1, 1] by default;
   ``shift`` holds per-λ lists, ``shift_best_lambda`` minimises the loss.
-- The parallel-model reading of SPEC §3.1 (``parallel_*``): γ fitted to the offset along ĝ.
+- The parallel-model reading of MATH.md §3.1 (``parallel_*``): γ fitted to the offset along ĝ.
 
 Nothing here builds an [N, M] similarity matrix: retrieval, the loss and the histograms work in
 ``chunk_size``-row blocks, the cone means use the closed form of the sum of a Gram matrix.
@@ -90,7 +90,7 @@ def _direction_nll_sum(queries: jax.Array, keys: jax.Array, beta, chunk_size: in
 
 @functools.partial(jax.jit, static_argnames=("chunk_size",))
 def clip_loss_chunked(image_emb, text_emb, beta, *, chunk_size: int = 1024) -> jax.Array:
-  """The CLIP loss of SPEC §1 with all n pairs as one batch, in ``chunk_size``-row blocks.
+  """The CLIP loss of MATH.md §1 with all n pairs as one batch, in ``chunk_size``-row blocks.
 
   L = (1/2n) Σ_i [−log softmax_j(Z_i·)_i − log softmax_j(Z_·i)_i], Z = β H_X H_Yᵀ. The same
   value as ``losses.clip_loss`` on the whole set, without the [n, n] logit matrix.
@@ -198,7 +198,7 @@ def gap_spectrum(gap_vec: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]
 
 
 def parallel_fit(image_proj: np.ndarray, text_proj: np.ndarray, beta: float) -> dict[str, float]:
-  """γ of SPEC §3.1's parallel model fitted along the unit gap direction ĝ.
+  """γ of MATH.md §3.1's parallel model fitted along the unit gap direction ĝ.
 
   The model puts ⟨h^x, e⟩ = +γ and ⟨h^y, e⟩ = −γ. With a = ⟨x_{t(j)}, ĝ⟩, b = ⟨y_j, ĝ⟩ over
   the n caption pairs, least squares for a ≈ c + γ, b ≈ c − γ gives γ = (ā − b̄)/2 and
@@ -343,7 +343,7 @@ def modality_separability(image_emb, text_emb, *, seed: int = 0, l2: float = 1e-
 
 
 def _probe_on_labels(image_emb, labels, *, seed: int, l2: float, steps: int) -> float | None:
-  """Linear-probe top-1 (SPEC §2): trained on a seeded random half of the images, tested on the rest."""
+  """Linear-probe top-1 (MATH.md §2): trained on a seeded random half of the images, tested on the rest."""
   if len(labels) < 2:
     return None
   train, test = _split_halves(len(labels), seed, salt=2)
@@ -393,7 +393,7 @@ def analyze(image_emb, text_emb, *, text_to_image=None, labels=None, class_text_
     hist_bins: bins of the cosine histograms over [−1, 1].
     hist_max_rows: at most this many rows per modality (seeded sample) enter the histograms;
       ≤ 0 means all. The cone means themselves always use every row.
-    gap_pairs: size of the seeded random sample of caption pairs for ``gap_512`` (SPEC §2).
+    gap_pairs: size of the seeded random sample of caption pairs for ``gap_512`` (MATH.md §2).
     probe_l2, probe_steps: the logistic probes' penalty and L-BFGS steps.
     seed: seeds every sample and train/test split.
     progress: wraps the λ loop (e.g. tqdm); None for none.
@@ -419,7 +419,7 @@ def analyze(image_emb, text_emb, *, text_to_image=None, labels=None, class_text_
                          "beta": float(beta), "seed": int(seed)}
   out.update(_norm_summary(inputs["norms_image"], inputs["norms_text"]))
 
-  # SPEC §2, with the conventions of modgap_jax.evaluation.
+  # MATH.md §2, with the conventions of modgap_jax.evaluation.
   out["gap"] = float(metrics.modality_gap(paired_x, y))
   sample = np.random.default_rng(seed).choice(m, size=min(gap_pairs, m), replace=False)
   out["gap_512"] = float(metrics.modality_gap(paired_x[sample], y[sample]))
@@ -481,7 +481,7 @@ def analyze(image_emb, text_emb, *, text_to_image=None, labels=None, class_text_
   out["shift_best_lambda"] = out["shift"]["lambda"][best]
   out["shift_best_loss"] = out["shift"]["loss"][best]
 
-  # SPEC §3.1.
+  # MATH.md §3.1.
   norm_g = float(np.linalg.norm(g))
   axis = g / norm_g if norm_g > 0 else np.zeros_like(g)
   out.update(parallel_fit(paired_x @ axis, y @ axis, beta))

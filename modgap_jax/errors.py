@@ -36,3 +36,24 @@ def check_range(field: str, value: float, low: float | None = None, high: float 
     brackets = ("[" if low_inclusive else "(", "]" if high_inclusive else ")")
     raise ConfigError(f"{field}={value!r} is out of range; it must lie in {brackets[0]}{lo}, {hi}{brackets[1]}")
   return value
+
+
+class NonFiniteError(RuntimeError):
+  """Training produced a non-finite loss, gradient norm or parameter (exit code 3)."""
+
+  EXIT_CODE = 3
+
+  def __init__(self, step: int, what: str, last_checkpoint: int | None, checkpoint_dir: str):
+    saved = (f"the last good checkpoint is step {last_checkpoint} in {checkpoint_dir}" if last_checkpoint is not None
+             else "no checkpoint was saved before it")
+    super().__init__(f"non-finite {what} at step {step}; nothing from step {step} on was saved or logged; {saved}. "
+                     "Lower optimizer.learning_rate, or set --config.nonfinite=skip to drop such updates")
+    self.step = step
+
+
+class Preempted(Exception):
+  """A stop signal (SIGTERM, SIGINT) was honoured: the run saved a checkpoint and stopped (exit 0)."""
+
+  def __init__(self, signal_name: str, where: str):
+    super().__init__(f"{signal_name}: stopped {where}")
+    self.signal_name = signal_name

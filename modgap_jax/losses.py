@@ -1,6 +1,6 @@
 """The CLIP contrastive loss (symmetric InfoNCE), on one device or sharded over many.
 
-SPEC §1: with logits Z_ij = β ⟨h^x_i, h^y_j⟩ over a batch of n pairs,
+MATH.md §1: with logits Z_ij = β ⟨h^x_i, h^y_j⟩ over a batch of n pairs,
 
     L = (1/2n) Σ_i [ −log softmax_j(Z_i·)_i − log softmax_j(Z_·i)_i ].
 
@@ -75,7 +75,7 @@ def _share_of_global(local_value: jax.Array, axis_name: str | None) -> jax.Array
 
 def clip_loss_with_stats(image_emb: jax.Array, text_emb: jax.Array, beta: jax.Array, *,
                          axis_name: str | None = None) -> ClipLossStats:
-  """The CLIP loss of SPEC §1 together with its per-direction parts and logit means.
+  """The CLIP loss of MATH.md §1 together with its per-direction parts and logit means.
 
   Args:
     image_emb: [m, d] L2-normalised image features (the local rows when sharded).
@@ -121,7 +121,7 @@ def clip_loss_with_stats(image_emb: jax.Array, text_emb: jax.Array, beta: jax.Ar
 
 def clip_loss(image_emb: jax.Array, text_emb: jax.Array, beta: jax.Array, *,
               axis_name: str | None = None) -> jax.Array:
-  """L = (1/2n) Σ_i [−log softmax_j(Z_i·)_i − log softmax_j(Z_·i)_i], Z = β H_X H_Yᵀ (SPEC §1).
+  """L = (1/2n) Σ_i [−log softmax_j(Z_i·)_i − log softmax_j(Z_·i)_i], Z = β H_X H_Yᵀ (MATH.md §1).
 
   ``image_emb`` and ``text_emb`` are L2-normalised [n, d] rows (the local rows under pmap
   with ``axis_name`` set); ``beta`` is a scalar. The logsumexp runs in float32 even for

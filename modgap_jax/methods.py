@@ -1,14 +1,14 @@
-"""The paper's gap mitigations (SPEC §4) as edits of a training config.
+"""The paper's gap mitigations (MATH.md §4) as edits of a training config.
 
 A method is named by the config argument, e.g. ``configs/default.py:ts=S3``:
 
 - ``baseline``: learned τ, β = e^ν, τ₀ = 0.07, β ≤ 100 (CLIP).
-- ``flt=τ``: fixed large temperature (SPEC §4.1; the paper sweeps 0.01 … 0.4).
+- ``flt=τ``: fixed large temperature (MATH.md §4.1; the paper sweeps 0.01 … 0.4).
 - ``ts=S0`` … ``ts=S3``: τ rises linearly from 0.01 to 0.02/0.03/0.04/0.05 over training.
 - ``tr=softplus`` or ``tr=exp_scaled`` (optionally ``tr=exp_scaled:s``): reparameterised β.
 - ``slrt`` (optionally ``slrt=c``): ν's learning rate × 0.1 (or × c), relative to the config's
   ``temperature.lr_multiplier``.
-- ``hs=p`` / ``ss=p``: hard or soft modality swap in a p-fraction of steps (SPEC §4.2).
+- ``hs=p`` / ``ss=p``: hard or soft modality swap in a p-fraction of steps (MATH.md §4.2).
 """
 
 from __future__ import annotations
@@ -61,12 +61,12 @@ def apply_method(config: ml_collections.ConfigDict, method: str) -> ml_collectio
 
 
 def temperature_defaults() -> ml_collections.ConfigDict:
-  """CLIP's temperature (SPEC §1): learned, β = e^ν, τ₀ = 0.07, β capped at 100."""
+  """CLIP's temperature (MATH.md §1): learned, β = e^ν, τ₀ = 0.07, β capped at 100."""
   return ml_collections.ConfigDict(dict(
       mode="learned", reparam="exp", scale=2.0, tau_init=0.07, beta_cap=100.0, lr_multiplier=1.0,
       schedule=dict(kind="linear", tau_start=TS_START, tau_end=TS_END["S3"])))
 
 
 def swap_defaults() -> ml_collections.ConfigDict:
-  """No swap; when on, swaps act after L2 normalisation and re-normalise (SPEC §4.2 [C])."""
+  """No swap; when on, swaps act after L2 normalisation and re-normalise (MATH.md §4.2 [C])."""
   return ml_collections.ConfigDict(dict(method="none", p=0.0, renormalize=True))

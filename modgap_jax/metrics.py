@@ -1,9 +1,9 @@
-"""Embedding metrics of SPEC §2: modality gap, uniformity, alignment, retrieval, zero-shot, probe.
+"""Embedding metrics of MATH.md §2: modality gap, uniformity, alignment, retrieval, zero-shot, probe.
 
 Conventions:
 
 - Rows are embeddings. Images H_X are [N_img, d], texts H_Y are [N_txt, d]; the trainer
-  passes them L2-normalised (SPEC §1). Similarity is the plain inner product ⟨h^x, h^y⟩, so
+  passes them L2-normalised (MATH.md §1). Similarity is the plain inner product ⟨h^x, h^y⟩, so
   for unit rows it is the cosine. Only the uniformities, whose definitions are stated on the
   sphere, and the zero-shot classifier re-normalise their inputs.
 - Reductions accumulate in float32 or wider, and matrix products use
@@ -25,10 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from modgap_jax import errors
+from modgap_jax import errors, numerics
 
 _HIGHEST = lax.Precision.HIGHEST
-_NORM_EPS_SQ = 1e-24
 
 
 def _acc(x) -> jax.Array:
@@ -37,8 +36,7 @@ def _acc(x) -> jax.Array:
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
-def _normalize(x: jax.Array) -> jax.Array:
-  return x * lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), _NORM_EPS_SQ))
+_normalize = numerics.l2_normalize
 
 
 def _dot_t(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -53,7 +51,7 @@ def _dot_t(a: jax.Array, b: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("axis_name",))
 def gap_vector(image_emb, text_emb, *, axis_name: str | None = None) -> jax.Array:
-  """Centroid difference mean_i h^x_i − mean_i h^y_i, a [d] vector (SPEC §2).
+  """Centroid difference mean_i h^x_i − mean_i h^y_i, a [d] vector (MATH.md §2).
 
   Args:
     image_emb: [N_img, d].
@@ -71,7 +69,7 @@ def gap_vector(image_emb, text_emb, *, axis_name: str | None = None) -> jax.Arra
 
 @functools.partial(jax.jit, static_argnames=("axis_name",))
 def modality_gap(image_emb, text_emb, *, axis_name: str | None = None) -> jax.Array:
-  """Modality gap Δ = ‖mean_i h^x_i − mean_i h^y_i‖₂ (SPEC §2).
+  """Modality gap Δ = ‖mean_i h^x_i − mean_i h^y_i‖₂ (MATH.md §2).
 
   With ``axis_name`` set inside ``pmap``, every device returns the gap of the global
   (all-device) sets; without it, the gap of its local rows.
@@ -81,7 +79,7 @@ def modality_gap(image_emb, text_emb, *, axis_name: str | None = None) -> jax.Ar
 
 @jax.jit
 def alignment(image_emb, text_emb) -> jax.Array:
-  """Alignment mean_i ‖h^x_i − h^y_i‖² over the n paired rows (SPEC §2); lower is better."""
+  """Alignment mean_i ‖h^x_i − h^y_i‖² over the n paired rows (MATH.md §2); lower is better."""
   diff = _acc(image_emb) - _acc(text_emb)
   return jnp.mean(jnp.sum(diff * diff, axis=-1))
 
@@ -99,7 +97,7 @@ def _covariance_eigenvalues(centered: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("normalize",))
 def uniformity_w2(emb, *, normalize: bool = True) -> jax.Array:
-  """Uniformity U_W2 = −sqrt(‖μ‖² + 1 + tr Σ − (2/√d) tr Σ^{1/2}) (SPEC §2, Fang et al.).
+  """Uniformity U_W2 = −sqrt(‖μ‖² + 1 + tr Σ − (2/√d) tr Σ^{1/2}) (MATH.md §2, Fang et al.).
 
   μ and Σ are the mean and the *population* covariance (1/n, not 1/(n−1)) of the rows:
   U_W2 is minus the 2-Wasserstein distance between N(μ, Σ) and N(0, I/d), the Gaussian
@@ -126,13 +124,13 @@ def uniformity_w2(emb, *, normalize: bool = True) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("t", "chunk_size", "normalize"))
 def uniformity_wang_isola(emb, t: float = 2.0, *, chunk_size: int = 1024,
                           normalize: bool = True) -> jax.Array:
-  """Uniformity U_WI = log mean_{i≠j} exp(−t ‖x_i − x_j‖²) (SPEC §2, Wang & Isola).
+  """Uniformity U_WI = log mean_{i≠j} exp(−t ‖x_i − x_j‖²) (MATH.md §2, Wang & Isola).
 
   Computed block by block over ``chunk_size`` rows at a time (a [chunk_size, n] distance
   block, never [n, n]) and combined with logsumexp, so large n neither runs out of memory
   nor underflows. On the sphere it lies in [−4t, 0] (0 for a collapsed set, −4t for an
   antipodal pair) and is near −2t for uniform points in high dimension (−4 for t = 2, as in
-  SPEC §2); lower is more uniform.
+  MATH.md §2); lower is more uniform.
 
   Args:
     emb: [n, d] with n ≥ 2.
@@ -147,7 +145,7 @@ def uniformity_wang_isola(emb, t: float = 2.0, *, chunk_size: int = 1024,
   if n < 2:
     raise errors.ConfigError(f"uniformity_wang_isola needs at least 2 rows; got n={n}")
   block = min(chunk_size, n)
-  num_blocks = -(-n // block)
+  num_blocks = numerics.ceil_div(n, block)
   sq_norms = jnp.sum(x * x, axis=-1)
   rows = jnp.pad(x, ((0, num_blocks * block - n), (0, 0))).reshape(num_blocks, block, -1)
   row_ids = jnp.arange(num_blocks * block).reshape(num_blocks, block)
@@ -166,7 +164,7 @@ def uniformity_wang_isola(emb, t: float = 2.0, *, chunk_size: int = 1024,
 
 
 def geometry_metrics(image_emb, text_emb) -> dict[str, jax.Array]:
-  """Every batch-geometry metric of SPEC §2 for n paired rows, in one dict.
+  """Every batch-geometry metric of MATH.md §2 for n paired rows, in one dict.
 
   Keys: ``gap``, ``alignment``, and ``uniformity_w2_{image,text,union}``,
   ``uniformity_wi_{image,text,union}`` (union = both sets stacked).
@@ -229,7 +227,7 @@ def _text_to_image_ranks(text_chunks, own_image, image_emb):
 def _chunked(x: jax.Array, chunk_size: int, fill) -> jax.Array:
   """Pads the leading axis to a multiple of chunk_size and reshapes to [chunks, chunk, ...]."""
   n = x.shape[0]
-  num_chunks = max(1, -(-n // chunk_size))
+  num_chunks = max(1, numerics.ceil_div(n, chunk_size))
   pad = [(0, num_chunks * chunk_size - n)] + [(0, 0)] * (x.ndim - 1)
   return jnp.pad(x, pad, constant_values=fill).reshape(num_chunks, chunk_size, *x.shape[1:])
 
@@ -260,7 +258,7 @@ def _same_device(*arrays):
 
 def retrieval_recall(image_emb, text_emb, ks: Sequence[int] = (1, 5, 10), text_to_image=None,
                      *, chunk_size: int = 1024, axis_name: str | None = None) -> dict[str, float]:
-  """Recall@K in both directions (SPEC §2), without building the [N_img, N_txt] matrix.
+  """Recall@K in both directions (MATH.md §2), without building the [N_img, N_txt] matrix.
 
   Image → text: an image hits at K if *any* of its captions is among its top-K texts.
   Text → image: a caption hits at K if its image is among its top-K images. Both are
@@ -350,7 +348,7 @@ def retrieval_recall(image_emb, text_emb, ks: Sequence[int] = (1, 5, 10), text_t
 
 
 def zero_shot_classifier(class_text_emb) -> jax.Array:
-  """The [C, d] zero-shot weights: normalise, average over templates, re-normalise (SPEC §2).
+  """The [C, d] zero-shot weights: normalise, average over templates, re-normalise (MATH.md §2).
 
   Args:
     class_text_emb: [C, T, d] (T prompt templates per class) or [C, d] (one prompt).
@@ -433,7 +431,7 @@ def fit_softmax_regression(feats, labels, num_classes: int, l2: float = 1e-4,
 
 def linear_probe_accuracy(train_feats, train_labels, test_feats, test_labels, *,
                           l2: float = 1e-4, steps: int = 500) -> float:
-  """Test top-1 accuracy of a softmax-regression probe on frozen features (SPEC §2).
+  """Test top-1 accuracy of a softmax-regression probe on frozen features (MATH.md §2).
 
   Features are standardised with the training mean and std; the probe is
   ``fit_softmax_regression`` (L-BFGS from zero, so the result is deterministic) with

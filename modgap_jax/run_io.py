@@ -96,6 +96,16 @@ class MetricsLog:
     self._file.close()
 
 
+class NullLog:
+  """A :class:`MetricsLog` that writes nothing (processes other than 0 of a multi-host run)."""
+
+  def write(self, step: int, split: str, values: Mapping[str, Any]) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
 def read_metrics(path: str) -> list[dict[str, Any]]:
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]

@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from modgap_jax import run_io
-from modgap_jax.errors import ConfigError, check_choice
+from modgap_jax.errors import ConfigError, Preempted, check_choice
 
 # The paper's Table 2 (CLIP RN50 on MSCOCO, mean of 3 seeds; accuracies and R@1 in percent).
 # "t2i" is the paper's image retrieval R@1, "i2t" its text retrieval R@1.
@@ -244,23 +244,31 @@ def run_study(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   cells = study_cells(study)
   for cell in cells:
     cell_config(study, cell, 0)  # a bad cell or override fails before anything trains
-  if name == "fig4b":
-    return run_fig4b(study, workdir)
-  from modgap_jax import train  # the trainer pulls in jax and the models: only when training
+  from modgap_jax import preemption
+  from modgap_jax import workdir as workdir_lib
 
-  grid = [(cell, seed) for seed in range(int(study.seeds)) for cell in cells]
-  todo = [(c, s) for c, s in grid
-          if final_eval(run_dir(workdir, c, s), cell_config(study, c, s)) is None]
-  bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc=f"study {name}", unit="run",
-             disable=not study.progress_bar, dynamic_ncols=True)
-  for cell, seed in todo:
-    bar.set_description(f"study {name}: {cell} seed {seed}")
-    config = cell_config(study, cell, seed)
-    config.progress_bar = config.progress_bar and bool(study.progress_bar)
-    train.train_and_evaluate(config, run_dir(workdir, cell, seed))
-    bar.update(1)
-  bar.close()
-  return aggregate(study, workdir)
+  with workdir_lib.WorkdirLock(workdir), preemption.StopRequests() as stop:
+    if name == "fig4b":
+      return run_fig4b(study, workdir)
+    from modgap_jax import train  # the trainer pulls in jax and the models: only when training
+
+    grid = [(cell, seed) for seed in range(int(study.seeds)) for cell in cells]
+    todo = [(c, s) for c, s in grid
+            if final_eval(run_dir(workdir, c, s), cell_config(study, c, s)) is None]
+    bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc=f"study {name}", unit="run",
+               disable=not study.progress_bar, dynamic_ncols=True)
+    try:
+      for done, (cell, seed) in enumerate(todo):
+        if stop.requested:  # a signal between two runs: nothing is lost, the next start goes on
+          raise Preempted(stop.requested, f"after {len(grid) - len(todo) + done} of {len(grid)} runs in {workdir}")
+        bar.set_description(f"study {name}: {cell} seed {seed}")
+        config = cell_config(study, cell, seed)
+        config.progress_bar = config.progress_bar and bool(study.progress_bar)
+        train.train_and_evaluate(config, run_dir(workdir, cell, seed))
+        bar.update(1)
+    finally:
+      bar.close()
+    return aggregate(study, workdir)
 
 
 def summarize(values: list[float | None]) -> dict[str, Any]:
@@ -299,7 +307,7 @@ def cell_results(study: ml_collections.ConfigDict, workdir: str, cell: str) -> t
   }
   if config.swap.method != "none":
     entry["swap_method"], entry["swap_p"] = config.swap.method, float(config.swap.p)
-    # Each step swaps with probability p (SPEC §4.2 [C]): p × steps swapped steps expected.
+    # Each step swaps with probability p (MATH.md §4.2 [C]): p × steps swapped steps expected.
     entry["expected_swaps"] = None if steps is None else float(config.swap.p) * steps
   return entry, histories
 
@@ -425,15 +433,16 @@ def fig4b_setup(study: ml_collections.ConfigDict, workdir: str) -> Fig4bSetup:
 
   config = cell_config(study, study_cells(study)[0], 0)
   data_dir = config.dataset.data_dir or None
-  train_split = data.load_examples(config.dataset.name, config.dataset.train_split, data_dir)
-  eval_split = data.load_examples(config.dataset.name, config.dataset.eval_split, data_dir)
+  files = data.file_options(config.dataset)
+  train_split = data.load_examples(config.dataset.name, config.dataset.train_split, data_dir, **files)
+  eval_split = data.load_examples(config.dataset.name, config.dataset.eval_split, data_dir, **files)
   tokenizer = train.load_tokenizer(config, train_split, workdir)
   os.makedirs(workdir, exist_ok=True)
   run_io.write_text(os.path.join(workdir, "tokenizer.json"), tokenizer.to_json())
   _, total, warmup = train.plan_steps(config, len(train_split))
   opt_config, total, warmup, note = fig4b_learning_rate(study, config, total, warmup)
-  tx, spec = ts.make_optimizer(opt_config, total, warmup)
   schedule = ts.learning_rate_schedule(opt_config.optimizer, total, warmup)
+  tx, spec = ts.make_optimizer(opt_config, total, warmup, schedule=schedule)
   model = models.create_model(config.model, spec.nu_init)
   size, length = config.model.image_size, config.model.context_length
 
@@ -492,9 +501,7 @@ def _fig4b_functions(setup: Fig4bSetup):
   step_chunk = jax.jit(jax.vmap(on_axis, in_axes=(0, None)))
 
   def embed_one(state, images, tokens):
-    variables = {"params": jax.tree.map(lambda x: x[0], state.params)}
-    if jax.tree_util.tree_leaves(state.batch_stats):
-      variables["batch_stats"] = jax.tree.map(lambda x: x[0], state.batch_stats)
+    variables = ts.model_variables(*jax.tree.map(lambda x: x[0], (state.params, state.batch_stats)))
     return model.apply(variables, images, tokens, train=False)
 
   embed_chunk = jax.jit(jax.vmap(embed_one, in_axes=(0, None, None)))

@@ -1,4 +1,4 @@
-"""Modality swapping: hard and soft exchange of feature entries between modalities (SPEC §4.2).
+"""Modality swapping: hard and soft exchange of feature entries between modalities (MATH.md §4.2).
 
 Both swaps act on the [n, d] feature matrices H_X (images) and H_Y (texts) of one step:
 
@@ -24,22 +24,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from modgap_jax import errors
+from modgap_jax import errors, numerics
 
 SWAP_METHODS = ("none", "hard", "soft")
-
-# Squared-norm floor for re-normalisation: keeps an all-zero row (impossible for unit inputs,
-# but cheap to guard) finite in both the value and the gradient.
-_NORM_EPS_SQ = 1e-24
-
-
-def l2_normalize(x: jax.Array) -> jax.Array:
-  """Scales each row to unit L2 norm: x / ‖x‖, keeping x's dtype."""
-  # The reduction runs in float32 at least, so bfloat16 features lose no accuracy in the norm.
-  acc = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  inv = lax.rsqrt(jnp.maximum(jnp.sum(acc * acc, axis=-1, keepdims=True), _NORM_EPS_SQ))
-  return (acc * inv).astype(x.dtype)
-
 
 def _check_p(p) -> None:
   # A traced p (e.g. from a schedule) cannot be checked here; concrete ones can.
@@ -56,7 +43,8 @@ def _maybe_swap(key, image_emb, text_emb, p, swap_fn, renormalize):
     x, y = operands
     new_x, new_y = swap_fn(swap_key, x, y)
     if renormalize:
-      new_x, new_y = l2_normalize(new_x), l2_normalize(new_y)
+      new_x = numerics.l2_normalize(new_x).astype(new_x.dtype)
+      new_y = numerics.l2_normalize(new_y).astype(new_y.dtype)
     return new_x.astype(x.dtype), new_y.astype(y.dtype)
 
   # lax.cond, not jnp.where: most steps do not swap (p ~ 1e-3), and the untaken branch is
@@ -73,13 +61,13 @@ def _hard_exchange(key, x, y):
 def _soft_mix(key, x, y):
   dtype = jnp.result_type(x, y)
   lam = jax.random.uniform(key, jnp.broadcast_shapes(x.shape, y.shape), dtype=dtype)
-  # Both right-hand sides use the original x and y (SPEC §4.2), not the updated H_X.
+  # Both right-hand sides use the original x and y (MATH.md §4.2), not the updated H_X.
   return lam * x + (1 - lam) * y, lam * y + (1 - lam) * x
 
 
 def hard_swap(key: jax.Array, image_emb: jax.Array, text_emb: jax.Array, p,
               *, renormalize: bool = True) -> tuple[jax.Array, jax.Array]:
-  """Hard swap (SPEC §4.2 HS): with probability p, exchange each entry w.p. 0.5.
+  """Hard swap (MATH.md §4.2 HS): with probability p, exchange each entry w.p. 0.5.
 
   Args:
     key: a ``jax.random`` key; one Bernoulli(p) draw decides the step, a second key the mask.
@@ -97,7 +85,7 @@ def hard_swap(key: jax.Array, image_emb: jax.Array, text_emb: jax.Array, p,
 
 def soft_swap(key: jax.Array, image_emb: jax.Array, text_emb: jax.Array, p,
               *, renormalize: bool = True) -> tuple[jax.Array, jax.Array]:
-  """Soft swap (SPEC §4.2 SS): with probability p, H_X ← Λ⊙H_X + (1−Λ)⊙H_Y and symmetrically.
+  """Soft swap (MATH.md §4.2 SS): with probability p, H_X ← Λ⊙H_X + (1−Λ)⊙H_Y and symmetrically.
 
   Λ_ij ~ U[0, 1] elementwise; H_Y ← Λ⊙H_Y + (1−Λ)⊙H_X uses the same Λ and the original H_X.
 

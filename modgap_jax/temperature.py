@@ -1,6 +1,6 @@
 """The temperature leaf: β(ν) reparameterisations and the optimizer that owns ν.
 
-SPEC §1 and §4.1. The inverse temperature is β = β(ν), τ = 1/β, with ν one scalar leaf at
+MATH.md §1 and §4.1. The inverse temperature is β = β(ν), τ = 1/β, with ν one scalar leaf at
 ``params['temperature']['nu']`` in *every* mode. The mode (learned, fixed, scheduled) lives
 entirely in the optax transformation built by :func:`route_temperature`, so the checkpoint
 tree and the loss have a single shape and code path, and training code never branches on it.
@@ -25,7 +25,7 @@ TEMPERATURE_PATH = ("temperature", "nu")
 
 @dataclasses.dataclass(frozen=True)
 class Reparam:
-  """β(ν), its inverse and its derivative for one reparameterisation (SPEC §1).
+  """β(ν), its inverse and its derivative for one reparameterisation (MATH.md §1).
 
   - ``exp``: β = e^ν (CLIP's; β' = β).
   - ``softplus``: β = log(1 + e^ν) (β' = 1 − e^{−β}).
@@ -212,7 +212,7 @@ SCHEDULE_KINDS = ("linear", "cosine")
 def tau_schedule_from_config(schedule_cfg: Any, total_steps: int) -> Callable[[Any], Any]:
   """An optax schedule step ↦ τ from ``{kind, tau_start, tau_end}``, over ``total_steps``.
 
-  SPEC §4.1's S0–S3 are ``linear`` from 0.01 to {0.02, 0.03, 0.04, 0.05}, stepped per
+  MATH.md §4.1's S0–S3 are ``linear`` from 0.01 to {0.02, 0.03, 0.04, 0.05}, stepped per
   training step.
   """
   kind = check_choice("temperature.schedule.kind", schedule_cfg.get("kind", "linear"), SCHEDULE_KINDS)

@@ -1,16 +1,16 @@
-"""``train_and_evaluate(config, workdir)``: the main job (DESIGN.md "How data flows").
+"""``train_and_evaluate(config, workdir)``: the main job.
 
 Trains CLIP from scratch with the configured temperature or swap method, evaluates every
-SPEC §2 metric on the held-out split, checkpoints with orbax, and writes ``config.json``,
+MATH.md §2 metric on the held-out split, checkpoints with orbax, and writes ``config.json``,
 ``metrics.jsonl``, ``report.md`` and figures into ``workdir``. A run restarted with the same
 workdir resumes from its latest checkpoint: same step, same data order, same randomness.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-import time
 from typing import Any
 
 import flax.jax_utils
@@ -19,10 +19,12 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from modgap_jax import checkpoint, data, evaluation, models, run_io, swap, temperature, timing
+from modgap_jax import checkpoint, data, evaluation, events, models, numerics, preemption, run_io, swap, temperature
+from modgap_jax import timing
 from modgap_jax import train_step as train_step_lib
+from modgap_jax import workdir as workdir_lib
 from modgap_jax.data import resident
-from modgap_jax.errors import ConfigError, check_choice, check_range
+from modgap_jax.errors import ConfigError, NonFiniteError, Preempted, check_choice, check_range
 from modgap_jax.plots import training as training_plots
 from modgap_jax.train_step import TrainState, init_state, learning_rate_schedule, make_optimizer
 
@@ -35,7 +37,7 @@ TRAIN_LOG_KEYS = ("loss", "loss_i2t", "loss_t2i", "positive_logit", "negative_lo
 
 
 class Evaluator:
-  """Embeds whole splits with pmapped encoders and computes every SPEC §2 metric."""
+  """Embeds whole splits with pmapped encoders and computes every MATH.md §2 metric."""
 
   def __init__(self, model: models.CLIP, config: ml_collections.ConfigDict, train_split: data.Examples,
                eval_split: data.Examples, num_devices: int, tokenizer: data.Tokenizer):
@@ -52,7 +54,7 @@ class Evaluator:
     self.label_key = label if label and label in eval_split.labels() else None
     self.class_tokens = None
     if self.label_key and config.eval.zero_shot:
-      classnames, templates = data.zero_shot_classes(config.dataset.name, self.label_key)
+      classnames, templates = data.zero_shot_classes(config.dataset.name, self.label_key, split=eval_split)
       prompts = [template.format(c) for c in classnames for template in templates]
       self.class_tokens = tokenizer.encode(prompts, self.context_length)
       self.class_shape = (len(classnames), len(templates))
@@ -107,14 +109,11 @@ class Evaluator:
 
 
 def _round_up(n: int, multiple: int) -> int:
-  return -(-int(n) // multiple) * multiple
+  return numerics.ceil_div(n, multiple) * multiple
 
 
 def _variables(state: TrainState) -> dict[str, Any]:
-  variables = {"params": state.params}
-  if jax.tree_util.tree_leaves(state.batch_stats):
-    variables["batch_stats"] = state.batch_stats
-  return variables
+  return train_step_lib.model_variables(state.params, state.batch_stats)
 
 
 def plan_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> tuple[int, int, int]:
@@ -129,6 +128,17 @@ def plan_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> tu
   return per_epoch, total, warmup
 
 
+def _check_number(field: str, value: Any, low: float | None = None, high: float | None = None, *,
+                  low_inclusive: bool = True, high_inclusive: bool = True, integer: bool = False) -> None:
+  """A finite number (an integer if asked) in the given interval; else a one-line ConfigError."""
+  kind = "an integer" if integer else "a number"
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
+    raise ConfigError(f"{field}={value!r} must be {kind}")
+  if not np.isfinite(value):
+    raise ConfigError(f"{field}={value!r} must be finite")
+  check_range(field, value, low, high, low_inclusive=low_inclusive, high_inclusive=high_inclusive)
+
+
 def _check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Validates every field that needs no data, so a bad config fails before anything is built."""
   check_choice("dataset.name", config.dataset.name, data.DATASETS)
@@ -139,16 +149,42 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   models.create_model(config.model, spec.nu_init)
   check_choice("dataset.on_device", config.dataset.on_device, ON_DEVICE_CHOICES)
   resident.Augment(config.dataset.augment_min_scale)
+  data.random_resized_crop(tuple(config.dataset.crop_scale), tuple(config.dataset.crop_ratio))
   check_range("dataset.mismatch_fraction", float(config.dataset.mismatch_fraction), 0.0, 1.0)
   if config.dataset.on_device == "no":
     _check_stream_options(config)
-  if int(config.steps_per_dispatch) < 0:
-    raise ConfigError(f"steps_per_dispatch={config.steps_per_dispatch!r} must be >= 0 (0 = auto)")
+  check_choice("nonfinite", config.get("nonfinite", "stop"), train_step_lib.NONFINITE_POLICIES)
+  _check_number("seed", config.seed, 0, 2**31 - 1, integer=True)
+  _check_number("steps_per_dispatch", config.steps_per_dispatch, 0, None, integer=True)
+  _check_number("dataset.num_workers", config.dataset.num_workers, -1, None, integer=True)
   for field in ("batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
-    if int(config[field]) < 1:
-      raise ConfigError(f"{field}={config[field]!r} must be a positive integer")
+    _check_number(field, config[field], 1, None, integer=True)
+  _check_number("num_steps", config.num_steps, integer=True)
+  if config.num_steps <= 0:
+    _check_number("num_epochs", config.num_epochs, 0, None, low_inclusive=False)
+  opt = config.optimizer
+  _check_number("optimizer.learning_rate", opt.learning_rate, 0, None, low_inclusive=False)
+  _check_number("optimizer.warmup_epochs", opt.warmup_epochs, 0)
+  for beta in ("b1", "b2"):
+    _check_number(f"optimizer.{beta}", opt[beta], 0, 1, high_inclusive=False)
+  _check_number("optimizer.eps", opt.eps, 0, None, low_inclusive=False)
+  _check_number("optimizer.weight_decay", opt.weight_decay, 0)
+  _check_number("optimizer.grad_clip_norm", opt.grad_clip_norm, 0)
+  _check_number("eval.gap_pairs", config.eval.gap_pairs, 2, None, integer=True)
+  _check_number("eval.probe_steps", config.eval.probe_steps, 1, None, integer=True)
+  _check_number("eval.probe_l2", config.eval.probe_l2, 0)
+  _check_number("eval.batch_size", config.eval.batch_size, 1, None, integer=True)
+  for field in ("mean", "std"):
+    values = tuple(config.dataset[field])
+    if len(values) != 3:
+      raise ConfigError(f"dataset.{field}={values!r} must hold 3 numbers, one per RGB channel")
+    for value in values:
+      _check_number(f"dataset.{field}", value)
+    if field == "std" and min(values) <= 0:
+      raise ConfigError(f"dataset.std={values!r} must be positive")
   if config.batch_size % num_devices:
-    raise ConfigError(f"batch_size={config.batch_size} must be divisible by the {num_devices} local devices")
+    raise ConfigError(f"batch_size={config.batch_size} must be divisible by the {num_devices} devices "
+                      f"({jax.process_count()} process(es) × {jax.local_device_count()})")
 
 
 def load_tokenizer(config: ml_collections.ConfigDict, train_split: data.Examples, workdir: str) -> data.Tokenizer:
@@ -173,6 +209,10 @@ def load_tokenizer(config: ml_collections.ConfigDict, train_split: data.Examples
 def _use_resident(config: ml_collections.ConfigDict, split: data.Examples, num_devices: int) -> bool:
   """Whether the train split goes on the devices (``dataset.on_device``: auto, yes or no)."""
   mode = config.dataset.on_device
+  if config.dataset.crop_scale:  # random-resized crops are made by the host stream
+    if mode == "yes":
+      raise ConfigError("dataset.crop_scale needs the streamed pipeline; set dataset.on_device='no' or 'auto'")
+    return False
   if mode == "no":
     return False
   side = config.model.image_size
@@ -202,15 +242,20 @@ class _Batches:
                                         tuple(config.dataset.std),
                                         resident.Augment(config.dataset.augment_min_scale))
       self._inputs = flax.jax_utils.replicate((split, resident.data_key(config.seed)))
-      self.steps = train_step_lib.make_resident_multistep(model, tx, spec.reparam, config.swap, sampling)
+      self.steps = train_step_lib.make_resident_multistep(model, tx, spec.reparam, config.swap, sampling,
+                                                          config.nonfinite)
     else:
       _check_stream_options(config)
-      batches = data.train_batches(train_split, global_batch_size=config.batch_size, num_devices=num_devices,
-                                   image_size=config.model.image_size, context_length=config.model.context_length,
-                                   seed=config.seed, start_step=start_step, mean=config.dataset.mean,
-                                   std=config.dataset.std, tokenizer=tokenizer)
-      self._stream = data.prefetch(batches, buffer_size=2 * steps_per_dispatch(config))
-      self.steps = train_step_lib.make_streamed_multistep(model, tx, spec.reparam, config.swap)
+      # grain makes the same batches as data.train_batches, step for step, in worker
+      # processes: JPEG decoding and resizing of a lazily read split stay off this thread.
+      self._stream = data.grain_train_batches(
+          train_split, global_batch_size=config.batch_size, num_devices=num_devices,
+          image_size=config.model.image_size, context_length=config.model.context_length, seed=config.seed,
+          start_step=start_step, mean=config.dataset.mean, std=config.dataset.std, tokenizer=tokenizer,
+          process_index=jax.process_index(), process_count=jax.process_count(),
+          crop_scale=tuple(config.dataset.crop_scale) or None, crop_ratio=tuple(config.dataset.crop_ratio),
+          num_workers=input_workers(config, train_split), buffer_size=2 * steps_per_dispatch(config))
+      self.steps = train_step_lib.make_streamed_multistep(model, tx, spec.reparam, config.swap, config.nonfinite)
 
   def run(self, num_steps: int, p_state):
     """Runs ``num_steps`` steps in one dispatch; returns the new state and [D, k] logs."""
@@ -222,8 +267,17 @@ class _Batches:
     return self.steps.run(num_steps, p_state, stacked)
 
   def close(self):
-    if not self.resident:
+    if not self.resident and hasattr(self._stream, "close"):
       self._stream.close()
+
+
+def input_workers(config: ml_collections.ConfigDict, split: data.Examples) -> int:
+  """``dataset.num_workers``, with -1 resolved: a worker per core (up to 8) for a lazily read
+  split, none for one already in memory (threads suffice to resize it)."""
+  workers = int(config.dataset.num_workers)
+  if workers >= 0:
+    return workers
+  return 0 if isinstance(split, data.InMemoryExamples) else min(os.cpu_count() or 1, 8)
 
 
 def steps_per_dispatch(config: ml_collections.ConfigDict) -> int:
@@ -244,91 +298,126 @@ def next_stop(step: int, total_steps: int, config: ml_collections.ConfigDict) ->
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Runs (or resumes) training and returns the final eval metrics."""
+  """Runs (or resumes) training and returns the final eval metrics.
+
+  Raises ConfigError before anything is written for a bad config, a workdir that holds a
+  different run or is in use; NonFiniteError at the first non-finite step (policy 'stop');
+  Preempted after saving a checkpoint when SIGTERM or SIGINT arrived.
+  """
   clock = timing.PhaseClock()
   num_devices = jax.local_device_count()
-  _check_config(config, num_devices)
+  # Multi-host: every process trains its devices' share; only process 0 writes files (orbax
+  # coordinates the checkpoints of all processes itself).
+  primary = jax.process_index() == 0
+  _check_config(config, jax.device_count())
+  workdir_lib.check_same_run(workdir, config)
   data_dir = config.dataset.data_dir or None
   with clock("dataset"):
-    train_split = data.load_examples(config.dataset.name, config.dataset.train_split, data_dir)
-    eval_split = data.load_examples(config.dataset.name, config.dataset.eval_split, data_dir)
+    files = data.file_options(config.dataset)  # path and build options of coco_raw / image_text_folder
+    train_split = data.load_examples(config.dataset.name, config.dataset.train_split, data_dir, **files)
+    eval_split = data.load_examples(config.dataset.name, config.dataset.eval_split, data_dir, **files)
     tokenizer = load_tokenizer(config, train_split, workdir)
+  if config.batch_size > len(train_split):
+    raise ConfigError(f"batch_size={config.batch_size} exceeds the {len(train_split)} examples of "
+                      f"{config.dataset.name}:{config.dataset.train_split}")
   per_epoch, total_steps, warmup_steps = plan_steps(config, len(train_split))
-  tx, spec = make_optimizer(config, total_steps, warmup_steps)
+  lr = learning_rate_schedule(config.optimizer, total_steps, warmup_steps)
+  tx, spec = make_optimizer(config, total_steps, warmup_steps, schedule=lr)
   model = models.create_model(config.model, spec.nu_init)
   image_shape = (config.model.image_size, config.model.image_size, 3)
   with clock("setup"):
     state = init_state(model, tx, jax.random.PRNGKey(config.seed), image_shape, config.model.context_length)
 
   # Everything above validates the config; only now does the run touch its workdir.
-  os.makedirs(workdir, exist_ok=True)
-  run_io.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-  run_io.write_text(os.path.join(workdir, "tokenizer.json"), tokenizer.to_json())
-  ckpt = checkpoint.Checkpointer(workdir, every=config.checkpoint_every, keep=config.keep_checkpoints)
-  with clock("checkpoint"):
-    restored = ckpt.restore(state)
-  state = restored if restored is not None else state
-  start_step = int(state.step)
-  log = run_io.MetricsLog(os.path.join(workdir, "metrics.jsonl"), resume_step=start_step)
-  with clock("dataset"):
-    evaluator = Evaluator(model, config, train_split, eval_split, num_devices, tokenizer)
-    batches = _Batches(config, train_split, tokenizer, model, tx, spec, num_devices, start_step, total_steps)
-  lr = learning_rate_schedule(config.optimizer, total_steps, warmup_steps)
-
-  p_state = flax.jax_utils.replicate(state)
-  final_eval, embeddings = None, None
-  bar = tqdm(total=total_steps, initial=start_step, desc=f"train {config.method}", unit="step",
-             disable=not config.progress_bar, dynamic_ncols=True)
-  step = start_step
-  try:
-    while step < total_steps:
-      stop = next_stop(step, total_steps, config)
-      with clock("train"):
-        p_state, logs = batches.run(stop - step, p_state)
-        logged = [s for s in range(step + 1, stop + 1) if s % config.log_every == 0 or s == total_steps]
-        if logged:
-          host = jax.device_get(logs)
-          for s in logged:
-            host_logs = {k: float(v[0, s - step - 1]) for k, v in host.items()}
-            host_logs["learning_rate"] = float(lr(s - 1))
-            host_logs["epoch"] = s / per_epoch
-            log.write(s, "train", host_logs)
-          bar.set_postfix(loss=f"{host_logs['loss']:.3f}", tau=f"{host_logs['tau']:.4f}",
-                          gap=f"{host_logs['gap']:.3f}")
-        else:
-          jax.block_until_ready(p_state.step)
-      bar.update(stop - step)
-      step = stop
-      if step % config.eval_every == 0 or step == total_steps:
-        with clock("eval"):
-          final_eval, embeddings = _evaluate(evaluator, p_state, spec)
-        log.write(step, "eval", final_eval)
-      if ckpt.is_due(step) or step == total_steps:  # fetch the state only when it is saved
-        with clock("checkpoint"):
-          ckpt.save(step, jax.device_get(flax.jax_utils.unreplicate(p_state)))
-  finally:
-    batches.close()
-    bar.close()
-    log.close()
-    with clock("checkpoint"):
+  lock = workdir_lib.WorkdirLock(workdir) if primary else contextlib.nullcontext()
+  with lock, preemption.StopRequests() as stop:
+    ckpt = checkpoint.Checkpointer(workdir, every=config.checkpoint_every, keep=config.keep_checkpoints)
+    try:
+      with clock("checkpoint"):
+        restored = ckpt.restore(state)
+    except ConfigError:
       ckpt.close()
+      raise
+    if primary:
+      run_io.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+      run_io.write_text(os.path.join(workdir, "tokenizer.json"), tokenizer.to_json())
+    state = restored if restored is not None else state
+    start_step = int(state.step)
+    log = (run_io.MetricsLog(os.path.join(workdir, "metrics.jsonl"), resume_step=start_step) if primary
+           else run_io.NullLog())
+    event_log = events.EventLog(workdir, resume_step=start_step, enabled=primary and bool(config.tensorboard))
+    with clock("dataset"):
+      evaluator = Evaluator(model, config, train_split, eval_split, num_devices, tokenizer)
+      batches = _Batches(config, train_split, tokenizer, model, tx, spec, num_devices, start_step, total_steps)
 
-  if final_eval is None:  # the run had already finished: report the restored final state
-    with clock("eval"):
-      final_eval, embeddings = _evaluate(evaluator, p_state, spec)
-  clock.move("train", "compile", batches.steps.compile_seconds)
-  with clock("outputs"):
-    write_outputs(workdir, config, final_eval, embeddings, total_steps=total_steps, num_devices=num_devices,
-                  clock=clock, resumed_from=start_step)
+    p_state = flax.jax_utils.replicate(state)
+    final_eval, embeddings = None, None
+    bar = tqdm(total=total_steps, initial=start_step, desc=f"train {config.method}", unit="step",
+               disable=not (config.progress_bar and primary), dynamic_ncols=True)
+    step = start_step
+    try:
+      while step < total_steps:
+        stop_at = next_stop(step, total_steps, config)
+        with clock("train"):
+          p_state, logs = batches.run(stop_at - step, p_state)
+          codes = np.asarray(jax.device_get(logs["nonfinite"]))[0]  # [k]; the sync a step needs anyway
+          bad = np.flatnonzero(codes) if config.nonfinite == "stop" else []
+          last_good = step + int(bad[0]) if len(bad) else stop_at
+          logged = [s for s in range(step + 1, last_good + 1) if s % config.log_every == 0 or s == total_steps]
+          if logged:
+            host = jax.device_get(logs)
+            for s in logged:
+              host_logs = {k: float(v[0, s - step - 1]) for k, v in host.items()}
+              host_logs["learning_rate"] = float(lr(s - 1))
+              host_logs["epoch"] = s / per_epoch
+              log.write(s, "train", host_logs)
+              event_log.scalars(s, "train", host_logs)
+            bar.set_postfix(loss=f"{host_logs['loss']:.3f}", tau=f"{host_logs['tau']:.4f}",
+                            gap=f"{host_logs['gap']:.3f}")
+        if len(bad):
+          raise NonFiniteError(last_good + 1, train_step_lib.describe_nonfinite(codes[bad[0]]), ckpt.latest_step(),
+                               ckpt.directory)
+        bar.update(stop_at - step)
+        step = stop_at
+        if step % config.eval_every == 0 or step == total_steps:
+          with clock("eval"):
+            final_eval, embeddings = _evaluate(evaluator, p_state, spec)
+          log.write(step, "eval", final_eval)
+          event_log.scalars(step, "eval", final_eval)
+        if ckpt.is_due(step) or step == total_steps or stop.requested:  # fetch the state only to save it
+          with clock("checkpoint"):
+            ckpt.save(step, jax.device_get(flax.jax_utils.unreplicate(p_state)))
+        if stop.requested and step < total_steps:
+          raise Preempted(stop.requested, f"at step {step} of {total_steps}, checkpoint saved in {ckpt.directory}")
+    except BaseException:
+      event_log.close()  # a failed or stopped run writes no more events
+      raise
+    finally:
+      batches.close()
+      bar.close()
+      log.close()
+      with clock("checkpoint"):
+        ckpt.close()
+
+    if final_eval is None:  # the run had already finished: report the restored final state
+      with clock("eval"):
+        final_eval, embeddings = _evaluate(evaluator, p_state, spec)
+    clock.move("train", "compile", batches.steps.compile_seconds)
+    with clock("outputs"):
+      if primary:
+        write_outputs(workdir, config, final_eval, embeddings, total_steps=total_steps,
+                      num_devices=jax.device_count(), clock=clock, resumed_from=start_step)
+        event_log.image("embeddings_pca", total_steps, os.path.join(workdir, "embeddings_pca.png"))
+      event_log.close()
   return final_eval
 
 
 def _evaluate(evaluator: Evaluator, p_state: Any, spec) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-  state = flax.jax_utils.unreplicate(p_state)
-  nu = state.params["temperature"]["nu"]
+  """Every eval metric of the replicated state (its variables stay on the devices)."""
+  nu = float(p_state.params["temperature"]["nu"][0])
   beta = float(spec.reparam.beta(nu))
-  out, embeddings = evaluator(flax.jax_utils.replicate(_variables(state)), beta)
-  out.update(beta=beta, tau=1.0 / beta, nu=float(nu))
+  out, embeddings = evaluator(_variables(p_state), beta)
+  out.update(beta=beta, tau=1.0 / beta, nu=nu, nonfinite_skips=int(p_state.nonfinite_skips[0]))
   return out, embeddings
 
 

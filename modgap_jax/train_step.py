@@ -1,9 +1,9 @@
-"""The train state, the optimizer and the pmapped CLIP train step (SPEC §1, §4).
+"""The train state, the optimizer and the pmapped CLIP train step (MATH.md §1, §4).
 
 One step, on each device under ``pmap(axis_name='batch')``:
 
 1. ``model.apply`` gives L2-normalised ``image_emb, text_emb`` for the local rows;
-2. the optional modality swap (SPEC §4.2) acts on the local rows;
+2. the optional modality swap (MATH.md §4.2) acts on the local rows;
 3. ``clip_loss(..., axis_name='batch')`` scores local rows against gathered columns;
 4. gradients are combined across devices;
 5. the optax update; the temperature leaf is routed by its mode inside ``tx``.
@@ -40,18 +40,25 @@ class TrainState:
   """Everything a resumed run needs, as one pytree (saved whole by orbax).
 
   ``rng`` is the run's base key; step k uses ``fold_in(rng, k)``, so a resumed run draws the
-  same randomness as an uninterrupted one.
+  same randomness as an uninterrupted one. ``nonfinite_skips`` counts the updates dropped
+  under ``config.nonfinite = 'skip'``.
   """
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
   rng: jax.Array
+  nonfinite_skips: jax.Array
+
+
+def model_variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+  """The ``model.apply`` variables: params, and BatchNorm statistics when the model has any."""
+  return {"params": params, **({"batch_stats": batch_stats} if jax.tree_util.tree_leaves(batch_stats) else {})}
 
 
 def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict, total_steps: int,
                            warmup_steps: int) -> optax.Schedule:
-  """Linear warm-up from 0 to ``opt_cfg.learning_rate``, then cosine decay to 0 (SPEC §5.1)."""
+  """Linear warm-up from 0 to ``opt_cfg.learning_rate``, then cosine decay to 0 (MATH.md §5.1)."""
   warmup_steps = min(max(int(warmup_steps), 0), max(total_steps - 1, 0))
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=opt_cfg.learning_rate, warmup_steps=warmup_steps,
@@ -68,12 +75,17 @@ def decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(is_kernel, params)
 
 
-def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
-                   warmup_steps: int) -> tuple[optax.GradientTransformation, temperature.TemperatureSpec]:
-  """AdamW (warm-up + cosine, decay on kernels only) with ν routed by its temperature mode."""
+def make_optimizer(config: ml_collections.ConfigDict, total_steps: int, warmup_steps: int,
+                   schedule: optax.Schedule | None = None,
+                   ) -> tuple[optax.GradientTransformation, temperature.TemperatureSpec]:
+  """AdamW (warm-up + cosine, decay on kernels only) with ν routed by its temperature mode.
+
+  ``schedule``: the run's :func:`learning_rate_schedule`, when the caller already holds it
+  (to log the rate); built here otherwise.
+  """
   opt = config.optimizer
   spec = temperature.spec_from_config(config.temperature, total_steps)
-  lr = learning_rate_schedule(opt, total_steps, warmup_steps)
+  lr = schedule if schedule is not None else learning_rate_schedule(opt, total_steps, warmup_steps)
   rest = optax.adamw(lr, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=decay_mask)
   if opt.get("grad_clip_norm", None):
     rest = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), rest)
@@ -89,25 +101,45 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Arra
   tokens = jnp.zeros((2, context_length), jnp.int32)
   variables = jax.jit(functools.partial(model.init, train=False))(init_rng, images, tokens)
   params = variables["params"]
-  return TrainState(step=jnp.zeros([], jnp.int32), params=params,
-                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params), rng=state_rng)
+  return TrainState(step=jnp.zeros([], jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
+                    opt_state=tx.init(params), rng=state_rng, nonfinite_skips=jnp.zeros([], jnp.int32))
+
+
+NONFINITE_POLICIES = ("stop", "skip")
+# Bits of the ``nonfinite`` log: which quantity of the step was not finite.
+NONFINITE_PARTS = ("loss", "gradient norm", "parameters")
+
+
+def nonfinite_code(loss: jax.Array, grad_norm: jax.Array, params: Any) -> jax.Array:
+  """Σ_b 2^b·[part b is not finite] over (loss, gradient norm, updated parameters); 0 = all finite."""
+  params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree_util.tree_leaves(params)]))
+  bad = jnp.stack([~jnp.isfinite(loss), ~jnp.isfinite(grad_norm), ~params_finite])
+  return jnp.sum(bad.astype(jnp.int32) * (2 ** jnp.arange(3, dtype=jnp.int32)))
+
+
+def describe_nonfinite(code: int) -> str:
+  """'loss, gradient norm' for code 3: the parts a :func:`nonfinite_code` flags."""
+  return ", ".join(part for bit, part in enumerate(NONFINITE_PARTS) if int(code) >> bit & 1)
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                tx: optax.GradientTransformation, reparam: temperature.Reparam,
-               swap_method: str = "none", swap_p: float = 0.0,
-               swap_renormalize: bool = True) -> tuple[TrainState, dict[str, jax.Array]]:
+               swap_method: str = "none", swap_p: float = 0.0, swap_renormalize: bool = True,
+               skip_nonfinite: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step on the local rows; call it under ``pmap(axis_name=AXIS)``.
 
   Returns the new state and the step's logs (global-batch values, identical on every device).
+  ``logs['nonfinite']`` is :func:`nonfinite_code` of the step. With ``skip_nonfinite`` a
+  flagged step keeps the old parameters, statistics and optimizer state (the step counter
+  still advances) and adds one to ``nonfinite_skips``.
   """
   step_rng = jax.random.fold_in(state.rng, state.step)
-  # SPEC §4.2 [C]: each device swaps its own rows, with its own draw.
+  # MATH.md §4.2 [C]: each device swaps its own rows, with its own draw.
   swap_rng = jax.random.fold_in(step_rng, lax.axis_index(AXIS))
   has_bn = bool(jax.tree_util.tree_leaves(state.batch_stats))
 
   def loss_fn(params):
-    variables = {"params": params, **({"batch_stats": state.batch_stats} if has_bn else {})}
+    variables = model_variables(params, state.batch_stats)
     if has_bn:
       (image_emb, text_emb), updated = model.apply(variables, batch["image"], batch["text"], train=True,
                                                    mutable=["batch_stats"])
@@ -119,44 +151,56 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
                                              renormalize=swap_renormalize)
     beta = temperature.beta_from_params(params, reparam)
     stats = losses.clip_loss_with_stats(swapped_image, swapped_text, beta, axis_name=AXIS)
-    return stats.loss, (stats, new_stats, image_emb, text_emb)
+    return stats.loss, (stats, new_stats, image_emb, text_emb, beta)
 
-  grads, (stats, new_stats, image_emb, text_emb) = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads, (stats, new_stats, image_emb, text_emb, beta) = jax.grad(loss_fn, has_aux=True)(state.params)
   # Each device's gradient is its share of ∂L/∂θ for the *global* loss (see losses.py): the
   # shares add up. (With a per-device mean loss this would be the usual pmean.)
   grads = lax.psum(grads, AXIS)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
 
-  nu = state.params["temperature"]["nu"]
-  beta = reparam.beta(nu)
+  grad_norm = optax.global_norm(grads)
+  code = nonfinite_code(stats.loss, grad_norm, params)
+  skips = state.nonfinite_skips
+  if skip_nonfinite:
+    keep = code == 0
+    params, new_stats, opt_state = jax.tree.map(lambda new, old: jnp.where(keep, new, old),
+                                                (params, new_stats, opt_state),
+                                                (state.params, state.batch_stats, state.opt_state))
+    skips = skips + (~keep).astype(jnp.int32)
+
   logs = {
       "loss": stats.loss,
       "loss_i2t": stats.loss_image_to_text,
       "loss_t2i": stats.loss_text_to_image,
       "positive_logit": stats.positive_logit,
       "negative_logit": stats.negative_logit,
-      "nu": nu,
+      "nu": state.params["temperature"]["nu"],
       "beta": beta,
       "tau": 1.0 / beta,
-      "grad_norm": optax.global_norm(grads),
+      "grad_norm": grad_norm,
       "gap": metrics.modality_gap(image_emb, text_emb, axis_name=AXIS),
+      "nonfinite": code,
+      "nonfinite_skips": skips,
   }
-  new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state,
+                            nonfinite_skips=skips)
   return new_state, logs
 
 
 def make_pmapped_train_step(model: nn.Module, tx: optax.GradientTransformation, reparam: temperature.Reparam,
-                            swap_cfg: ml_collections.ConfigDict):
+                            swap_cfg: ml_collections.ConfigDict, nonfinite: str = "stop"):
   """``train_step`` pmapped over every local device; the replicated state is donated."""
-  return jax.pmap(bind_step(model, tx, reparam, swap_cfg), axis_name=AXIS, donate_argnums=(0,))
+  return jax.pmap(bind_step(model, tx, reparam, swap_cfg, nonfinite), axis_name=AXIS, donate_argnums=(0,))
 
 
 def bind_step(model: nn.Module, tx: optax.GradientTransformation, reparam: temperature.Reparam,
-                swap_cfg: ml_collections.ConfigDict) -> Callable:
-  """``train_step`` with the model, optimizer, β map and swap settings bound: ``(state, batch)``."""
+              swap_cfg: ml_collections.ConfigDict, nonfinite: str = "stop") -> Callable:
+  """``train_step`` with the model, optimizer, β map, swap settings and non-finite policy bound."""
   return functools.partial(train_step, model=model, tx=tx, reparam=reparam, swap_method=swap_cfg.method,
-                           swap_p=float(swap_cfg.p), swap_renormalize=bool(swap_cfg.renormalize))
+                           swap_p=float(swap_cfg.p), swap_renormalize=bool(swap_cfg.renormalize),
+                           skip_nonfinite=nonfinite == "skip")
 
 
 def _scan_steps(body: Callable, state: TrainState, xs: Any, num_steps: int,
@@ -209,8 +253,14 @@ class MultiStep:
   def _compile(self, num_steps: int, *args) -> Any:
     if num_steps not in self._compiled:
       fn = functools.partial(self._steps_fn, **self._static_kwargs, num_steps=num_steps)
+      pmapped = jax.pmap(fn, axis_name=AXIS, donate_argnums=(0,))
+      if jax.process_count() > 1:
+        # Across processes, pmap's ahead-of-time path expects global shapes: let the first
+        # call compile (its time then counts as training, not compilation).
+        self._compiled[num_steps] = pmapped
+        return pmapped
       start = time.perf_counter()
-      self._compiled[num_steps] = jax.pmap(fn, axis_name=AXIS, donate_argnums=(0,)).lower(*args).compile()
+      self._compiled[num_steps] = pmapped.lower(*args).compile()
       self.compile_seconds += time.perf_counter() - start
     return self._compiled[num_steps]
 
@@ -219,12 +269,14 @@ class MultiStep:
 
 
 def make_resident_multistep(model: nn.Module, tx: optax.GradientTransformation, reparam: temperature.Reparam,
-                            swap_cfg: ml_collections.ConfigDict, sampling: resident.Sampling) -> MultiStep:
+                            swap_cfg: ml_collections.ConfigDict, sampling: resident.Sampling,
+                            nonfinite: str = "stop") -> MultiStep:
   """``run(k, p_state, p_split, p_data_key)``: k steps that draw their own batches on device."""
-  return MultiStep(resident_steps, dict(step_fn=bind_step(model, tx, reparam, swap_cfg), sampling=sampling))
+  step_fn = bind_step(model, tx, reparam, swap_cfg, nonfinite)
+  return MultiStep(resident_steps, dict(step_fn=step_fn, sampling=sampling))
 
 
 def make_streamed_multistep(model: nn.Module, tx: optax.GradientTransformation, reparam: temperature.Reparam,
-                            swap_cfg: ml_collections.ConfigDict) -> MultiStep:
+                            swap_cfg: ml_collections.ConfigDict, nonfinite: str = "stop") -> MultiStep:
   """``run(k, p_state, p_batches)`` with host batches stacked as [devices, k, b, ...]."""
-  return MultiStep(streamed_steps, dict(step_fn=bind_step(model, tx, reparam, swap_cfg)))
+  return MultiStep(streamed_steps, dict(step_fn=bind_step(model, tx, reparam, swap_cfg, nonfinite)))

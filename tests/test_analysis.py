@@ -291,7 +291,7 @@ def test_parallel_fit_matches_reference(data, result):
 
 
 # ----------------------------------------------------------------------------------------
-# The gap shift on the parallel model of SPEC §3.1, where the optimum is known.
+# The gap shift on the parallel model of MATH.md §3.1, where the optimum is known.
 # ----------------------------------------------------------------------------------------
 
 
@@ -319,7 +319,7 @@ def test_shift_on_parallel_model_has_closed_form_optimum(matched):
   r = analysis.analyze(x, y, beta=beta, lambdas=lambdas, hist_bins=10)
   for i, lam in enumerate(lambdas):
     gp = shifted_gamma(gamma, lam)
-    # SPEC §3.1: the loss is ℓ(κ S) with κ = β(1 − γ'²); the −γ'² term cancels in the softmaxes.
+    # MATH.md §3.1: the loss is ℓ(κ S) with κ = β(1 − γ'²); the −γ'² term cancels in the softmaxes.
     kappa = beta * (1 - gp ** 2)
     assert r["shift"]["loss"][i] == pytest.approx(ref_clip_loss(np.eye(len(s)), s, kappa), rel=2e-5), lam
     assert r["shift"]["gap"][i] == pytest.approx(2 * abs(gp), abs=1e-6), lam

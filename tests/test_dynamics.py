@@ -1,6 +1,6 @@
-"""Tests for modgap_jax.dynamics: the flows of SPEC §3 against independent references.
+"""Tests for modgap_jax.dynamics: the flows of MATH.md §3 against independent references.
 
-References: SPEC §3.2's formulas re-implemented in float64 NumPy, ``scipy.integrate.solve_ivp``
+References: MATH.md §3.2's formulas re-implemented in float64 NumPy, ``scipy.integrate.solve_ivp``
 and ``scipy.integrate.quad``, central finite differences, and the closed forms of
 Lemma 3.1 and of the fixed-τ decay rate.
 """
@@ -35,7 +35,7 @@ def _load_config_module():
   return module
 
 
-# --- independent float64 NumPy references (SPEC §1, §3.2) -------------------------------
+# --- independent float64 NumPy references (MATH.md §1, §3.2) -------------------------------
 
 
 def np_beta(reparam, nu):
@@ -63,7 +63,7 @@ def np_dbeta(reparam, nu):
 
 
 def np_dloss_dkappa(s, kappa):
-  """ℓ'(κ) straight from SPEC §3.2, with row softmax P and column softmax Q."""
+  """ℓ'(κ) straight from MATH.md §3.2, with row softmax P and column softmax Q."""
   n = s.shape[0]
   p = special.softmax(kappa * s, axis=1)
   q = special.softmax(kappa * s, axis=0)  # q[j, i] = e^{κ S_ji} / Σ_k e^{κ S_ki} = Q_ij
@@ -94,7 +94,7 @@ def _at(tree, i):
 
 
 def test_training_loss_and_gap_in_float64():
-  """The flow differentiates losses.clip_loss, which must keep float64 (SPEC §3.6)."""
+  """The flow differentiates losses.clip_loss, which must keep float64 (MATH.md §3.6)."""
   rng = np.random.default_rng(0)
   hx = rng.normal(size=(6, 4))
   hy = rng.normal(size=(6, 4))
@@ -179,7 +179,7 @@ def test_reduced_trajectory_matches_solve_ivp(reparam):
     np.testing.assert_allclose(records["nu"][b], ref.y[0], rtol=1e-5)
     np.testing.assert_allclose(records["gamma"][b], ref.y[1], rtol=1e-5)
     np.testing.assert_allclose(records["beta"][b], np_beta(reparam, ref.y[0]), rtol=1e-5)
-  # The reduced model's Δ² = (1−γ²)‖ū − v̄‖² + 4γ² (SPEC §3.1); matched pairs: Δ = 2|γ|.
+  # The reduced model's Δ² = (1−γ²)‖ū − v̄‖² + 4γ² (MATH.md §3.1); matched pairs: Δ = 2|γ|.
   np.testing.assert_allclose(records["gap"], 2 * np.abs(records["gamma"]), rtol=1e-12, atol=1e-300)
 
 
@@ -200,7 +200,7 @@ def test_lemma31_invariant_is_conserved(reparam):
   init = dynamics.InitSpec(n=8, d=8, kind="matched", gamma0=0.3, tau0=0.07)
   state0, data = _reduced_batch(spec, init, 2)
   records, _ = dynamics.simulate(spec, state0, data, dynamics.time_grid("log", 1e4, 41), rtol=1e-10, atol=1e-300)
-  # The written invariant is SPEC §3.3's I, recomputed here from (γ, β) alone.
+  # The written invariant is MATH.md §3.3's I, recomputed here from (γ, β) alone.
   recomputed = (np.log(np.abs(records["gamma"])) - records["gamma"]**2 / 2
                 + np.vectorize(lambda b: integrate.quad(
                     lambda x: 2 * x / (0.7 * np_dbeta(reparam, np_nu(reparam, x))**2), 1.0, b,
@@ -341,3 +341,26 @@ def test_bad_preset_exits_2_with_one_line(tmp_path):
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error:") and "figure2" in lines[0], proc.stderr
   assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("law,expected", [("exp_beta2", ["e^{-beta^2/c}"]), ("t_log_t", ["1/(t log t)"]),
+                                          ("power", [])])
+def test_softplus_verdict_follows_the_numbers(law, expected):
+  """The verdict can come out either way (or neither): constructed trajectories of each law."""
+  from modgap_jax.dynamics import analysis
+  c = 0.5
+  t = np.logspace(4, 6, 200)[None]
+  beta = np.sqrt(np.log(t))  # any slowly growing β
+  gamma = {"exp_beta2": 0.3 * np.exp(-beta**2 / c), "t_log_t": 5.0 / (t * np.log(t)), "power": t ** -3.0}[law]
+  rate = analysis.softplus_rate(t, beta, gamma, c, 1e4, 1e6)
+  verdict = analysis.softplus_rate_verdict(rate)
+  assert verdict["supports"] == expected
+  assert f"threshold {analysis.LOG_GAMMA_PLUS_BETA2_SPREAD_TOL:g}" in verdict["statement"]
+  assert ("neither" in verdict["statement"]) == (not expected)
+
+
+def test_a_finite_mxstep_is_refused():
+  from modgap_jax.errors import ConfigError
+  spec = dynamics.FlowSpec()
+  with pytest.raises(ConfigError, match="solver.mxstep=1000 must be inf"):
+    dynamics.simulate(spec, {}, {}, np.linspace(0, 1, 3), mxstep=1000)

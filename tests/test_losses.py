@@ -1,4 +1,4 @@
-"""clip_loss against a float64 NumPy reference written from SPEC §1, on one and four devices."""
+"""clip_loss against a float64 NumPy reference written from MATH.md §1, on one and four devices."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Tests for modgap_jax.metrics against float64 NumPy/SciPy references of SPEC §2."""
+"""Tests for modgap_jax.metrics against float64 NumPy/SciPy references of MATH.md §2."""
 
 import time
 
@@ -16,7 +16,7 @@ from modgap_jax import errors, metrics
 
 
 # ----------------------------------------------------------------------------------------
-# Float64 references, written from the SPEC formulas.
+# Float64 references, written from the formulas of MATH.md §2.
 # ----------------------------------------------------------------------------------------
 
 
@@ -66,7 +66,7 @@ def random_rotation(rng, d):
 
 
 def parallel_modalities(rng, n, d, gamma):
-  """SPEC §3.1: h^x = (√(1−γ²) u, +γ), h^y = (√(1−γ²) v, −γ), u, v ⟂ the last axis."""
+  """MATH.md §3.1: h^x = (√(1−γ²) u, +γ), h^y = (√(1−γ²) v, −γ), u, v ⟂ the last axis."""
   u, v = unit_rows(rng, n, d - 1), unit_rows(rng, n, d - 1)
   s = np.sqrt(1 - gamma**2)
   hx = np.concatenate([s * u, np.full((n, 1), gamma)], axis=1)
@@ -133,7 +133,7 @@ def test_gap_bound_and_identity_on_the_parallel_model():
   for gamma in rng.uniform(-1, 1, size=8):
     hx, hy, u, v = parallel_modalities(rng, 64, 10, gamma)
     gap = float(metrics.modality_gap(hx.astype(np.float32), hy.astype(np.float32)))
-    # SPEC §3.1: Δ² = (1−γ²)‖ū − v̄‖² + 4γ², hence Δ ≥ 2|γ|.
+    # MATH.md §3.1: Δ² = (1−γ²)‖ū − v̄‖² + 4γ², hence Δ ≥ 2|γ|.
     expected_sq = (1 - gamma**2) * np.sum((u.mean(0) - v.mean(0)) ** 2) + 4 * gamma**2
     np.testing.assert_allclose(gap**2, expected_sq, rtol=1e-5, atol=1e-6)
     assert gap >= 2 * abs(gamma) - 1e-6

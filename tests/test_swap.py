@@ -1,4 +1,4 @@
-"""Tests for modgap_jax.swap (SPEC §4.2): identity at p = 0, swap statistics, convexity."""
+"""Tests for modgap_jax.swap (MATH.md §4.2): identity at p = 0, swap statistics, convexity."""
 
 import functools
 

@@ -10,7 +10,7 @@ import pytest
 from modgap_jax import temperature
 from modgap_jax.errors import ConfigError
 
-REFERENCE_BETA = {  # float64 closed forms of SPEC §1
+REFERENCE_BETA = {  # float64 closed forms of MATH.md §1
     "exp": lambda nu, s: np.exp(nu),
     "softplus": lambda nu, s: np.log1p(np.exp(nu)),
     "exp_scaled": lambda nu, s: np.exp(nu / s),

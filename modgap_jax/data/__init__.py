@@ -3,8 +3,10 @@
 Layout, one concern per place:
   ``text/``       tokenizers (``base``, ``byte``, ``bpe``, ``factory``); imports no TFDS;
   ``builders/``   the offline TFDS builders ``twemoji_captions``, ``digits_captions``,
-                  ``mnist5k_captions``, ``fashion_mnist_local``, what they are made of,
-                  and the adapter that reads TFDS's ``coco_captions``;
+                  ``mnist5k_captions``, ``fashion_mnist_local``, the builders of the
+                  user's files ``coco_raw`` (a COCO root) and ``image_text_folder`` (a
+                  folder with ``captions.jsonl``), what they are made of, and the adapter
+                  that reads TFDS's ``coco_captions``;
   ``registry``    the catalog: dataset names, splits, label keys, ``load`` / ``prepare``;
   ``paths``       where built datasets are cached;
   ``zero_shot``   class names and prompt templates of the labelled datasets;
@@ -32,6 +34,12 @@ Typical use::
 For a split decoded per batch (COCO), ``data.grain_train_batches(..., num_workers=8)``
 yields the same batches, made by worker processes.
 
+The user's files, selected by ``config.dataset.name`` and ``config.dataset.path``::
+
+  coco = data.load_examples("coco_raw", "train", path="/data/coco")   # builds once per path
+  folder = data.load_examples("image_text_folder", "test", path="/data/pets", test_fraction=0.2)
+  split = data.load_examples(c.name, c.train_split, data_dir, **data.file_options(c))  # c: config.dataset
+
 The byte tokenizer is the default; for BPE trained on the training captions, pass
 ``tokenizer=data.make_tokenizer('bpe', [c for caps in train.captions() for c in caps], 2048)``
 to ``train_batches`` and ``eval_text_batches``, and store ``tokenizer.to_json()`` with the run
@@ -57,6 +65,8 @@ _EXPORTS = {
     "train_bpe": ("text", "train_bpe"),
     # Catalog.
     "DATASETS": ("registry", "DATASETS"),
+    "FILE_DATASETS": ("registry", "FILE_DATASETS"),
+    "file_options": ("registry", "file_options"),
     "LABEL_KEYS": ("registry", "LABEL_KEYS"),
     "SPLITS": ("registry", "SPLITS"),
     "builder": ("registry", "builder"),
@@ -80,6 +90,8 @@ _EXPORTS = {
     "eval_text_batches": ("pipeline", "eval_text_batches"),
     "grain_train_batches": ("pipeline", "grain_train_batches"),
     "normalize": ("pipeline", "normalize"),
+    "DEFAULT_CROP_RATIO": ("pipeline", "DEFAULT_CROP_RATIO"),
+    "random_resized_crop": ("pipeline", "random_resized_crop"),
     "num_batches": ("pipeline", "num_batches"),
     "prefetch": ("pipeline", "prefetch"),
     "steps_per_epoch": ("pipeline", "steps_per_epoch"),

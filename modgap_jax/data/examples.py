@@ -1,11 +1,15 @@
 """A split as the pipeline sees it: images, their captions and their integer labels.
 
 Two implementations share one small interface (``len``, ``captions``, ``labels``,
-``fetch``, and ``tokens``: every caption encoded once, cached per tokenizer):
+``fetch``, ``originals``, ``class_names``, and ``tokens``: every caption encoded once,
+cached per tokenizer):
 
 - :class:`InMemoryExamples`: the whole split in host memory at native size; images are
   resized to the requested size once and cached (the local datasets are small).
 - :class:`LazyExamples`: reads and resizes per batch from a data source (COCO-sized data).
+
+:func:`load_examples` picks: lazily read for the COCO datasets and for an
+image_text_folder split of more than ``LAZY_ABOVE_IMAGES`` images, in memory otherwise.
 
 Images come out as uint8 RGB [b, S, S, 3]; normalisation happens per batch in the
 pipeline, so the cache holds uint8 (4x smaller than float32).
@@ -25,12 +29,17 @@ from PIL import Image
 from modgap_jax.data import registry
 from modgap_jax.data import text
 from modgap_jax.data.builders import coco
+from modgap_jax.data.builders import coco_raw
+from modgap_jax.data.builders import image_text_folder
 
 Record = tuple[np.ndarray, list[str], dict[str, int]]
 
 # Above this size the resized cache is skipped and images are resized per batch instead
 # (e.g. 60k Fashion-MNIST images at 224 px would take 9 GB).
 DEFAULT_CACHE_LIMIT_BYTES = 4 << 30
+# An image_text_folder split above this many images is read per batch: stored at 256 px
+# short side, 10k decoded images take about 2.6 GB of host memory.
+LAZY_ABOVE_IMAGES = 10_000
 _READ_CHUNK = 2048
 
 
@@ -68,6 +77,9 @@ class Examples(abc.ABC):
   """A split of image-caption examples, indexed 0..len-1."""
 
   label_keys: tuple[str, ...] = ()
+  # {label_key: names}: label id k of that key names class names[k] (from the dataset's
+  # ClassLabel features; empty when unknown).
+  class_names: Mapping[str, tuple[str, ...]] = {}
 
   @abc.abstractmethod
   def __len__(self) -> int:
@@ -84,6 +96,10 @@ class Examples(abc.ABC):
   @abc.abstractmethod
   def fetch(self, indices: np.ndarray, image_size: int) -> tuple[np.ndarray, list[list[str]]]:
     """Returns uint8 RGB images [b, S, S, 3] and the caption lists of ``indices``."""
+
+  def originals(self, indices: np.ndarray) -> list[np.ndarray]:
+    """The images of ``indices`` as stored, uint8 [h_i, w_i, c] (c = 1 or 3): for random crops."""
+    raise NotImplementedError(f"{type(self).__name__} gives no stored images; random crops need them")
 
   def tokens(self, tokenizer: text.Tokenizer, context_length: int) -> tuple[np.ndarray, np.ndarray]:
     """Every caption encoded once, image-major, and the image each caption belongs to.
@@ -125,7 +141,8 @@ class InMemoryExamples(Examples):
 
   def __init__(self, images: Sequence[np.ndarray] | np.ndarray, captions: Sequence[Sequence[str]],
                labels: Mapping[str, np.ndarray] | None = None, *,
-               cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES):
+               cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES,
+               class_names: Mapping[str, Sequence[str]] | None = None):
     if len(images) != len(captions):
       raise ValueError(f"{len(images)} images but {len(captions)} caption lists")
     empty = [i for i, c in enumerate(captions) if not len(c)]
@@ -135,6 +152,7 @@ class InMemoryExamples(Examples):
     self._captions = [list(c) for c in captions]
     self._labels = {k: np.asarray(v, dtype=np.int32) for k, v in (labels or {}).items()}
     self.label_keys = tuple(self._labels)
+    self.class_names = {k: tuple(v) for k, v in (class_names or {}).items()}
     self._cache_limit_bytes = cache_limit_bytes
     self._resized: dict[int, np.ndarray] = {}
 
@@ -164,14 +182,19 @@ class InMemoryExamples(Examples):
       images = resize_images([self._images[i] for i in indices], image_size)
     return images, [self._captions[i] for i in indices]
 
+  def originals(self, indices):
+    return [self._images[int(i)] for i in indices]
+
 
 class LazyExamples(Examples):
   """Reads examples from a random-access source per batch (for data too big to cache)."""
 
-  def __init__(self, source, to_record: Callable[[Mapping[str, Any]], Record]):
+  def __init__(self, source, to_record: Callable[[Mapping[str, Any]], Record], *,
+               class_names: Mapping[str, Sequence[str]] | None = None):
     self._source = source
     self._to_record = to_record
     self._captions: list[list[str]] | None = None
+    self.class_names = {k: tuple(v) for k, v in (class_names or {}).items()}
 
   def __len__(self) -> int:
     return len(self._source)
@@ -190,6 +213,9 @@ class LazyExamples(Examples):
   def fetch(self, indices, image_size):
     records = self._read(indices)
     return resize_images([r[0] for r in records], image_size), [r[1] for r in records]
+
+  def originals(self, indices):
+    return [r[0] for r in self._read(indices)]
 
 
 def _get_items(source, indices: list[int]) -> list[Mapping[str, Any]]:
@@ -223,11 +249,22 @@ def local_record_fn(label_keys: Sequence[str]) -> Callable[[Mapping[str, Any]], 
   return to_record
 
 
-def record_fn_for(name: str) -> Callable[[Mapping[str, Any]], Record]:
-  """The adapter from dataset ``name``'s examples to records."""
+def record_fn_for(name: str, source=None) -> Callable[[Mapping[str, Any]], Record]:
+  """The adapter from dataset ``name``'s examples to records (labels: those ``source`` has)."""
   if name == coco.NAME:
     return coco.to_record
-  return local_record_fn(registry.label_keys(name))
+  return local_record_fn(registry.source_label_keys(name, source))
+
+
+def source_class_names(name: str, source) -> dict[str, tuple[str, ...]]:
+  """{label_key: ClassLabel names} of a data source; {} when it does not say."""
+  features = getattr(getattr(source, "dataset_info", None), "features", None)
+  names = {}
+  for key in registry.source_label_keys(name, source):
+    feature_names = getattr(features[key], "names", None) if features is not None else None
+    if feature_names:
+      names[key] = tuple(feature_names)
+  return names
 
 
 def _source_name(source) -> str:
@@ -250,28 +287,48 @@ def from_source(source, name: str | None = None, *, in_memory: bool = True,
     cache_limit_bytes: see :class:`InMemoryExamples`.
   """
   name = name or _source_name(source)
-  to_record = record_fn_for(name)
+  to_record = record_fn_for(name, source)
+  class_names = source_class_names(name, source)
   if not in_memory:
-    return LazyExamples(source, to_record)
+    return LazyExamples(source, to_record, class_names=class_names)
   records = _read_all(source, to_record)
-  keys = registry.label_keys(name)
+  keys = registry.source_label_keys(name, source)
   labels = {k: np.array([r[2][k] for r in records], dtype=np.int32) for k in keys}
   images = [r[0] for r in records]
   if records and len({im.shape for im in images}) == 1:
     images = np.stack(images)  # One array: cheaper to hold and to index.
-  return InMemoryExamples(images, [r[1] for r in records], labels, cache_limit_bytes=cache_limit_bytes)
+  return InMemoryExamples(images, [r[1] for r in records], labels, cache_limit_bytes=cache_limit_bytes,
+                          class_names=class_names)
+
+
+def default_in_memory(name: str, num_images: int) -> bool:
+  """Whether :func:`load_examples` reads a split into memory when not told (see the module doc)."""
+  if name in (coco.NAME, coco_raw.NAME):
+    return False
+  if name == image_text_folder.NAME:
+    return num_images <= LAZY_ABOVE_IMAGES
+  return True
 
 
 def load_examples(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
                   in_memory: bool | None = None, source_dir: str | os.PathLike | None = None,
-                  cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES) -> Examples:
+                  cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES, path: str | os.PathLike | None = None,
+                  **file_kwargs) -> Examples:
   """Loads (building if needed) ``name``/``split`` for the pipeline.
 
-  ``in_memory`` defaults to True for the local datasets and False for coco_captions.
+  Args:
+    name, split, data_dir, source_dir: as for :func:`registry.load`.
+    in_memory: default :func:`default_in_memory`: False for the COCO datasets and for
+      image_text_folder splits above ``LAZY_ABOVE_IMAGES`` images, True otherwise.
+    cache_limit_bytes: see :class:`InMemoryExamples`.
+    path, **file_kwargs: coco_raw and image_text_folder only: the folder they read and the
+      other build options (``store_size``, ``karpathy_split``, ``test_fraction``,
+      ``split_seed``, ``num_threads``); see :func:`registry.builder`. From a config:
+      ``load_examples(c.name, split, data_dir, **registry.file_options(c))``.
   """
-  source = registry.load(name, split, data_dir, source_dir=source_dir)
+  source = registry.load(name, split, data_dir, source_dir=source_dir, path=path, **file_kwargs)
   if in_memory is None:
-    in_memory = name != coco.NAME
+    in_memory = default_in_memory(name, len(source))
   return from_source(source, name, in_memory=in_memory, cache_limit_bytes=cache_limit_bytes)
 
 

@@ -15,7 +15,12 @@ Training, infinite, one batch per step:
     and drops the last ``n mod B`` images of that order;
   - each image gets one caption per epoch, ``captions[i][floor(u(seed, e, i) * k_i)]``
     with u uniform in [0, 1) (``epoch_caption_draws``), k_i its number of captions;
-  - step s is a pure function of (seed, s), so starting at ``start_step`` resumes exactly.
+  - step s is a pure function of (seed, s), so starting at ``start_step`` resumes exactly;
+  - images are the split's centre crops (``Examples.fetch``), or, with ``crop_scale``
+    given, CLIP's random-resized crops of the stored images (:func:`crop_box`), drawn from
+    ``crop_rng(seed, s, slot)``, slot the image's position in the global batch: still a
+    pure function of (seed, s), and each process of a multi-host run crops its share as
+    one process would.
   Two iterators yield these same batches:
   - :func:`train_batches` makes them on the thread that iterates (wrap it in
     :func:`prefetch` to overlap with device compute): enough when resizing is cheap or
@@ -51,6 +56,8 @@ labels -1, images and tokens 0):
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import queue
 import sys
 import threading
@@ -58,7 +65,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
+from modgap_jax import numerics
 from modgap_jax.data import examples as examples_lib
 from modgap_jax.data import text
 from modgap_jax.errors import ConfigError
@@ -69,6 +78,13 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # Stream ids that keep the permutation and the caption draws of an epoch independent.
 _PERMUTATION_STREAM = 0
 _CAPTION_STREAM = 1
+# The stream of the random-resized crops: their generator is seeded by (seed, step, slot, 2),
+# four words, so it never coincides with an epoch's three-word generators either.
+_CROP_STREAM = 2
+
+# CLIP's random-resized crop draws aspect ratios (w/h) log-uniformly in [3/4, 4/3].
+DEFAULT_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+_CROP_ATTEMPTS = 10
 
 _BYTES = text.ByteTokenizer()
 
@@ -137,6 +153,15 @@ class _StepPlan:
     self._seed = seed
     self._epoch: tuple[int | None, Any, Any] = (None, None, None)
 
+  @property
+  def seed(self) -> int:
+    return self._seed
+
+  @property
+  def first_slot(self) -> int:
+    """The global-batch position of this process's first image."""
+    return self._offset
+
   def __call__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
     """Returns (image indices, caption rows of ``Examples.tokens``), each int [B/P]."""
     epoch, position = divmod(int(step), self._per_epoch)
@@ -152,6 +177,95 @@ class _StepPlan:
     return indices, self._first_row[indices] + choice
 
 
+# ------------------------------------------------------------------ random-resized crops
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomResizedCrop:
+  """CLIP's training crop: a box of area share in ``scale`` and aspect (w/h) in ``ratio``."""
+
+  scale: tuple[float, float]
+  ratio: tuple[float, float] = DEFAULT_CROP_RATIO
+
+
+def random_resized_crop(crop_scale: Sequence[float] | None,
+                        crop_ratio: Sequence[float] = DEFAULT_CROP_RATIO) -> RandomResizedCrop | None:
+  """Checks the crop arguments; None (or empty) ``crop_scale`` turns the crop off.
+
+  Needs ``0 < scale[0] <= scale[1] <= 1`` and ``0 < ratio[0] <= ratio[1]``; one-line
+  ConfigError naming the field otherwise.
+  """
+  if crop_scale is None or len(crop_scale) == 0:
+    return None
+  scale, ratio = tuple(float(x) for x in crop_scale), tuple(float(x) for x in crop_ratio)
+  if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
+    raise ConfigError(f"dataset.crop_scale={tuple(crop_scale)!r} must be (low, high) with 0 < low <= high <= 1, "
+                      "or () for no random crop")
+  if len(ratio) != 2 or not 0.0 < ratio[0] <= ratio[1] or not all(map(math.isfinite, ratio)):
+    raise ConfigError(f"dataset.crop_ratio={tuple(crop_ratio)!r} must be (low, high) with 0 < low <= high")
+  return RandomResizedCrop(scale, ratio)
+
+
+def crop_rng(seed: int, step: int, slot: int) -> np.random.Generator:
+  """The generator of one crop: ``default_rng([seed, step, slot, 2])``, slot in [0, B)."""
+  return np.random.default_rng([int(seed), int(step), int(slot), _CROP_STREAM])
+
+
+def crop_box(rng: np.random.Generator, height: int, width: int,
+             crop: RandomResizedCrop) -> tuple[int, int, int, int]:
+  """(top, left, h, w) of a random-resized crop of an [height, width] image.
+
+  Up to 10 attempts, each drawing, in this order from ``rng``,
+    a = H W · U(scale),  r = exp(U(log ratio)),  w = round(sqrt(a r)),  h = round(sqrt(a / r));
+  the first with ``0 < w <= W`` and ``0 < h <= H`` draws top ~ integers(0, H - h + 1) and
+  left ~ integers(0, W - w + 1). If none fits, the centre crop of the largest box whose
+  aspect is ``r`` clamped to ``ratio`` (the whole image when W / H lies in ``ratio``).
+  """
+  area = height * width
+  log_ratio = (math.log(crop.ratio[0]), math.log(crop.ratio[1]))
+  for _ in range(_CROP_ATTEMPTS):
+    target = area * rng.uniform(crop.scale[0], crop.scale[1])
+    aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+    w = int(round(math.sqrt(target * aspect)))
+    h = int(round(math.sqrt(target / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      top = int(rng.integers(0, height - h + 1))
+      left = int(rng.integers(0, width - w + 1))
+      return top, left, h, w
+  in_ratio = width / height
+  if in_ratio < crop.ratio[0]:
+    w, h = width, int(round(width / crop.ratio[0]))
+  elif in_ratio > crop.ratio[1]:
+    w, h = int(round(height * crop.ratio[1])), height
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def resized_crop(image: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+  """uint8 [H, W, c] -> uint8 RGB [size, size, 3]: the box, cut out, then resized bicubically.
+
+  Cutting first means the filter sees only the box's pixels (edges replicated), as in CLIP.
+  """
+  top, left, h, w = box
+  patch = np.ascontiguousarray(image[top:top + h, left:left + w])
+  pil = Image.fromarray(patch[..., 0] if patch.shape[-1] == 1 else patch)
+  out = np.asarray(pil.resize((size, size), Image.BICUBIC))
+  if out.ndim == 2:
+    out = out[..., None]
+  return np.repeat(out, 3, axis=-1) if out.shape[-1] == 1 else out
+
+
+def crop_images(images: Sequence[np.ndarray], seed: int, step: int, slots: Sequence[int],
+                crop: RandomResizedCrop, size: int) -> np.ndarray:
+  """uint8 [b, size, size, 3]: image k cropped by ``crop_box(crop_rng(seed, step, slots[k]), ...)``."""
+  out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+  for k, (image, slot) in enumerate(zip(images, slots)):
+    box = crop_box(crop_rng(seed, step, slot), image.shape[0], image.shape[1], crop)
+    out[k] = resized_crop(image, box, size)
+  return out
+
+
 class _MakeImages:
   """Step -> that step's normalised images and caption rows: the work grain's workers do.
 
@@ -160,17 +274,24 @@ class _MakeImages:
   """
 
   def __init__(self, data: examples_lib.Examples, plan: _StepPlan, image_size: int,
-               mean: Sequence[float], std: Sequence[float], num_devices: int):
+               mean: Sequence[float], std: Sequence[float], num_devices: int,
+               crop: RandomResizedCrop | None = None):
     self._data = data
     self._plan = plan
     self._image_size = image_size
     self._mean = tuple(mean)
     self._std = tuple(std)
     self._num_devices = num_devices
+    self._crop = crop
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     indices, rows = self._plan(step)
-    images, _ = self._data.fetch(indices, self._image_size)
+    if self._crop is None:
+      images, _ = self._data.fetch(indices, self._image_size)
+    else:
+      slots = self._plan.first_slot + np.arange(len(indices))  # Positions in the global batch.
+      images = crop_images(self._data.originals(indices), self._plan.seed, int(step), slots, self._crop,
+                           self._image_size)
     return {"image": _device_split(normalize(images, self._mean, self._std), self._num_devices),
             "rows": rows}
 
@@ -188,7 +309,7 @@ class _AddText:
 
 def _training_stages(data, *, global_batch_size, num_devices, image_size, context_length, seed,
                      start_step, mean, std, process_index, process_count,
-                     tokenizer) -> tuple[_MakeImages, _AddText]:
+                     tokenizer, crop_scale=None, crop_ratio=DEFAULT_CROP_RATIO) -> tuple[_MakeImages, _AddText]:
   """Checks the arguments of the training iterators and builds their two stages."""
   data = examples_lib.as_examples(data)
   n = len(data)
@@ -205,16 +326,18 @@ def _training_stages(data, *, global_batch_size, num_devices, image_size, contex
   if not 0 <= process_index < process_count:
     raise ConfigError(f"process_index={process_index} must lie in [0, process_count={process_count})")
   text.check_context_length(context_length)
+  crop = random_resized_crop(crop_scale, crop_ratio)
   tokens, caption_image_index = data.tokens(_BYTES if tokenizer is None else tokenizer, context_length)
   plan = _StepPlan(caption_image_index, n, global_batch_size, int(seed), process_index, process_count)
-  return (_MakeImages(data, plan, image_size, mean, std, num_devices), _AddText(tokens, num_devices))
+  return (_MakeImages(data, plan, image_size, mean, std, num_devices, crop), _AddText(tokens, num_devices))
 
 
 def train_batches(data, *, global_batch_size: int, num_devices: int, image_size: int,
                   context_length: int, seed: int, start_step: int = 0,
                   mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
                   process_index: int = 0, process_count: int = 1,
-                  tokenizer: text.Tokenizer | None = None) -> Iterator[dict[str, np.ndarray]]:
+                  tokenizer: text.Tokenizer | None = None, crop_scale: Sequence[float] | None = None,
+                  crop_ratio: Sequence[float] = DEFAULT_CROP_RATIO) -> Iterator[dict[str, np.ndarray]]:
   """Yields training batches forever, starting at step ``start_step``; see the module doc.
 
   The split's captions are encoded here, once (:meth:`examples.Examples.tokens`); a
@@ -232,6 +355,11 @@ def train_batches(data, *, global_batch_size: int, num_devices: int, image_size:
     process_index, process_count: for multi-host training, each process takes its
       contiguous ``1/process_count`` share of every global batch.
     tokenizer: encodes the captions; None is the byte tokenizer.
+    crop_scale: None (or empty): every image is its centre crop (the default). (low, high):
+      CLIP's random-resized crop of the stored image instead, with area share in
+      [low, high] (CLIP: (0.9, 1.0)) and aspect ratio in ``crop_ratio``; see
+      :func:`crop_box`. Needs ``Examples.originals``, which both splits have.
+    crop_ratio: (low, high) aspect ratios (w/h) of the random crop; default (3/4, 4/3).
 
   Yields:
     ``{'image': float32 [D, B/(P*D), S, S, 3], 'text': int32 [D, B/(P*D), L]}``.
@@ -239,7 +367,8 @@ def train_batches(data, *, global_batch_size: int, num_devices: int, image_size:
   make_images, add_text = _training_stages(
       data, global_batch_size=global_batch_size, num_devices=num_devices, image_size=image_size,
       context_length=context_length, seed=seed, start_step=start_step, mean=mean, std=std,
-      process_index=process_index, process_count=process_count, tokenizer=tokenizer)
+      process_index=process_index, process_count=process_count, tokenizer=tokenizer,
+      crop_scale=crop_scale, crop_ratio=crop_ratio)
   return _train_iterator(make_images, add_text, start_step)
 
 
@@ -267,7 +396,8 @@ def grain_train_batches(data, *, global_batch_size: int, num_devices: int, image
                         context_length: int, seed: int, start_step: int = 0,
                         mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
                         process_index: int = 0, process_count: int = 1,
-                        tokenizer: text.Tokenizer | None = None, num_workers: int = 0,
+                        tokenizer: text.Tokenizer | None = None, crop_scale: Sequence[float] | None = None,
+                        crop_ratio: Sequence[float] = DEFAULT_CROP_RATIO, num_workers: int = 0,
                         num_threads: int = 1, buffer_size: int = 2) -> Iterator[dict[str, np.ndarray]]:
   """Yields :func:`train_batches`' batches, made by grain worker processes.
 
@@ -278,7 +408,8 @@ def grain_train_batches(data, *, global_batch_size: int, num_devices: int, image
 
   Args:
     data, global_batch_size, num_devices, image_size, context_length, seed, start_step,
-      mean, std, process_index, process_count, tokenizer: as for :func:`train_batches`.
+      mean, std, process_index, process_count, tokenizer, crop_scale, crop_ratio: as for
+      :func:`train_batches`.
       ``data`` (without its token cache) is pickled into every worker: a
       :class:`examples.LazyExamples` sends only its data source, an in-memory split all
       its images.
@@ -303,7 +434,8 @@ def grain_train_batches(data, *, global_batch_size: int, num_devices: int, image
   make_images, add_text = _training_stages(
       data, global_batch_size=global_batch_size, num_devices=num_devices, image_size=image_size,
       context_length=context_length, seed=seed, start_step=start_step, mean=mean, std=std,
-      process_index=process_index, process_count=process_count, tokenizer=tokenizer)
+      process_index=process_index, process_count=process_count, tokenizer=tokenizer,
+      crop_scale=crop_scale, crop_ratio=crop_ratio)
   # Imported here: grain pulls in JAX (about a second), and only this iterator needs it.
   import grain  # pylint: disable=g-import-not-at-top
   if num_workers:
@@ -323,7 +455,7 @@ def grain_train_batches(data, *, global_batch_size: int, num_devices: int, image
 
 def num_batches(count: int, batch_size: int) -> int:
   """Batches needed to cover ``count`` items, the last one padded."""
-  return -(-count // batch_size)
+  return numerics.ceil_div(count, batch_size)
 
 
 def caption_image_index(data) -> np.ndarray:

@@ -4,10 +4,16 @@
 the cache directory of :mod:`paths` and returns ``tfds.data_source``-style random access.
 Importing this module imports :mod:`modgap_jax.data.builders`, which registers the builders
 with TFDS.
+
+Two datasets are read from the user's files (``FILE_DATASETS``): ``coco_raw`` (a COCO root)
+and ``image_text_folder`` (a folder with ``captions.jsonl``). They take ``path`` and the
+other :class:`files.FileOptions` fields as keyword arguments; :func:`file_options` picks
+them out of a config's ``dataset`` block.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 
@@ -15,8 +21,11 @@ import tensorflow_datasets as tfds
 
 from modgap_jax.data import paths
 from modgap_jax.data.builders import coco
+from modgap_jax.data.builders import coco_raw
 from modgap_jax.data.builders import digits
 from modgap_jax.data.builders import fashion_mnist
+from modgap_jax.data.builders import files
+from modgap_jax.data.builders import image_text_folder
 from modgap_jax.data.builders import twemoji
 from modgap_jax.errors import ConfigError
 from modgap_jax.errors import check_choice
@@ -27,11 +36,17 @@ BUILDERS = {
     "digits_captions": digits.DigitsCaptions,
     "mnist5k_captions": digits.Mnist5kCaptions,
     "fashion_mnist_local": fashion_mnist.FashionMnistLocal,
+    coco_raw.NAME: coco_raw.CocoRaw,
+    image_text_folder.NAME: image_text_folder.ImageTextFolder,
 }
+# Built from the user's files under ``path``, one build per (path, options).
+FILE_DATASETS = (coco_raw.NAME, image_text_folder.NAME)
 DATASETS = tuple(BUILDERS) + (coco.NAME,)
 
 SPLITS = {name: ("train", "test") for name in BUILDERS}
 SPLITS[coco.NAME] = coco.SPLITS
+SPLITS[coco_raw.NAME] = coco_raw.SPLITS  # 'test' and 'restval' need Karpathy's file
+SPLITS[image_text_folder.NAME] = image_text_folder.SPLITS  # those the lines name, or train/test
 
 # The integer labels each dataset carries, for zero-shot and linear-probe evaluation.
 LABEL_KEYS = {
@@ -40,12 +55,37 @@ LABEL_KEYS = {
     "mnist5k_captions": ("label",),
     "fashion_mnist_local": ("label",),
     coco.NAME: (),
+    coco_raw.NAME: (),
+    # Present only when captions.jsonl has labels; see source_label_keys.
+    image_text_folder.NAME: (image_text_folder.LABEL_KEY,),
 }
+
+_FILE_FIELDS = tuple(f.name for f in dataclasses.fields(files.FileOptions))
 
 
 def label_keys(name: str) -> tuple[str, ...]:
-  """The label features of dataset ``name`` (empty for coco_captions)."""
+  """The label features dataset ``name`` can have (empty for the COCO datasets)."""
   return LABEL_KEYS[check_choice("dataset", name, DATASETS)]
+
+
+def source_label_keys(name: str, source) -> tuple[str, ...]:
+  """The label features a data source of ``name`` has: an image_text_folder without labels has none."""
+  features = getattr(getattr(source, "dataset_info", None), "features", None)
+  if features is None:
+    return label_keys(name)
+  return tuple(k for k in label_keys(name) if k in features)
+
+
+def file_options(dataset_config) -> dict:
+  """The :func:`load` keyword arguments a config's ``dataset`` block holds; {} for the packaged datasets.
+
+  ``data.load_examples(c.name, split, data_dir, **data.file_options(c))`` loads any dataset;
+  a field missing from an older config takes its :class:`files.FileOptions` default.
+  """
+  if dataset_config.get("name") not in FILE_DATASETS:
+    return {}
+  defaults = files.FileOptions(path="")
+  return {f: dataset_config.get(f, getattr(defaults, f)) for f in _FILE_FIELDS}
 
 
 def check_split(name: str, split: str) -> str:
@@ -56,17 +96,40 @@ def check_split(name: str, split: str) -> str:
   return split
 
 
+def _file_kwargs(name: str, path, file_kwargs: dict) -> dict:
+  """Checks that only the file datasets get a path and file options; returns the builder's kwargs."""
+  unknown = sorted(set(file_kwargs) - set(_FILE_FIELDS) - {"num_threads"})
+  if unknown:
+    raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
+  if name not in FILE_DATASETS:
+    given = [k for k, v in {"path": path, **file_kwargs}.items() if v not in (None, "")]
+    if given:
+      raise ConfigError(f"dataset.{given[0]} is only used by dataset={' or '.join(map(repr, FILE_DATASETS))}, "
+                        f"not {name!r}")
+    return {}
+  num_threads = file_kwargs.pop("num_threads", None)
+  options = files.FileOptions(path=os.fspath(path or ""), **{k: v for k, v in file_kwargs.items() if v is not None})
+  return {"config": BUILDERS[name].make_config(options), "num_threads": num_threads}
+
+
 def builder(name: str, data_dir: str | os.PathLike | None = None, *,
-            source_dir: str | os.PathLike | None = None) -> tfds.core.DatasetBuilder:
+            source_dir: str | os.PathLike | None = None, path: str | os.PathLike | None = None,
+            **file_kwargs) -> tfds.core.DatasetBuilder:
   """Returns the (possibly unprepared) builder of a local dataset.
 
   Args:
     name: one of the local datasets (``BUILDERS``).
     data_dir: the cache directory; see :func:`paths.resolve_data_dir`.
     source_dir: fashion_mnist_local only: the directory with the four IDX .gz files.
+    path: coco_raw and image_text_folder only (required there): the folder they read.
+    **file_kwargs: coco_raw and image_text_folder only: the other :class:`files.FileOptions`
+      fields (``store_size``, ``karpathy_split``, ``test_fraction``, ``split_seed``; None
+      takes the default), and ``num_threads``, the threads that prepare images (default
+      one per core).
   """
   check_choice("dataset", name, tuple(BUILDERS))
   kwargs = {"data_dir": os.fspath(paths.resolve_data_dir(data_dir))}
+  kwargs.update(_file_kwargs(name, path, dict(file_kwargs)))
   if name == "fashion_mnist_local":
     kwargs["source_dir"] = source_dir
   elif source_dir is not None:
@@ -75,9 +138,10 @@ def builder(name: str, data_dir: str | os.PathLike | None = None, *,
 
 
 def prepare(name: str, data_dir: str | os.PathLike | None = None, *,
-            source_dir: str | os.PathLike | None = None) -> tfds.core.DatasetBuilder:
+            source_dir: str | os.PathLike | None = None, path: str | os.PathLike | None = None,
+            **file_kwargs) -> tfds.core.DatasetBuilder:
   """Builds dataset ``name`` into ``data_dir`` unless it is there already; returns the builder."""
-  dataset_builder = builder(name, data_dir, source_dir=source_dir)
+  dataset_builder = builder(name, data_dir, source_dir=source_dir, path=path, **file_kwargs)
   if not dataset_builder.is_prepared():
     if name == "fashion_mnist_local":
       # Checked here too, so that the error is ours and not wrapped by TFDS.
@@ -86,8 +150,21 @@ def prepare(name: str, data_dir: str | os.PathLike | None = None, *,
   return dataset_builder
 
 
+def _check_built_split(name: str, split: str, dataset_builder) -> None:
+  """A file dataset has only the splits its files give; name the missing one and the fix."""
+  have = tuple(dataset_builder.info.splits)
+  for part in str(split).split("+"):
+    base = re.sub(r"\[.*\]$", "", part.strip())
+    if base not in have:
+      hint = {coco_raw.NAME: "; 'test' and 'restval' need Karpathy's dataset_coco.json (dataset.karpathy_split)",
+              image_text_folder.NAME: "; set 'split' on the lines of captions.jsonl, or raise dataset.test_fraction"}
+      raise ConfigError(f"split={base!r} of dataset={name!r} is empty for dataset.path="
+                        f"{dataset_builder.builder_config.options.path!r}; it has {', '.join(map(repr, have))}"
+                        + hint[name])
+
+
 def load(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
-         source_dir: str | os.PathLike | None = None):
+         source_dir: str | os.PathLike | None = None, path: str | os.PathLike | None = None, **file_kwargs):
   """Returns a random-access data source for ``name``/``split``, building it if needed.
 
   Args:
@@ -95,6 +172,7 @@ def load(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
     split: one of the dataset's ``SPLITS`` (TFDS slicing such as 'train[:10%]' works).
     data_dir: cache directory; default ``$TFDS_DATA_DIR`` or ``~/.cache/modgap_jax/tensorflow_datasets``.
     source_dir: fashion_mnist_local only; see :func:`builder`.
+    path, **file_kwargs: coco_raw and image_text_folder only; see :func:`builder`.
 
   Returns:
     A ``tfds`` data source: ``len(source)``, ``source[i]`` and ``source.__getitems__(ids)``
@@ -105,5 +183,9 @@ def load(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
   if name == coco.NAME:
     if source_dir is not None:
       raise ConfigError("source_dir is only used by dataset='fashion_mnist_local', not 'coco_captions'")
+    _file_kwargs(name, path, dict(file_kwargs))
     return coco.load(split, paths.resolve_data_dir(data_dir))
-  return prepare(name, data_dir, source_dir=source_dir).as_data_source(split=split)
+  dataset_builder = prepare(name, data_dir, source_dir=source_dir, path=path, **file_kwargs)
+  if name in FILE_DATASETS:
+    _check_built_split(name, split, dataset_builder)
+  return dataset_builder.as_data_source(split=split)

@@ -1,4 +1,4 @@
-"""Gradient-flow simulator for the theory of SPEC §3 (Lemma 3.1, Theorems 3.2 and 3.3).
+"""Gradient-flow simulator for the theory of MATH.md §3 (Lemma 3.1, Theorems 3.2 and 3.3).
 
 ``from modgap_jax import dynamics``, then:
 
@@ -8,7 +8,7 @@
     records, states = dynamics.simulate(spec, state0, data, dynamics.time_grid("log", 1e6, 200))
     dynamics.analysis.invariant_drift(records["invariant"])
 
-Everything runs in float64 under ``jax.enable_x64(True)`` scoped to each call (SPEC §3.6);
+Everything runs in float64 under ``jax.enable_x64(True)`` scoped to each call (MATH.md §3.6);
 the rest of the library stays float32. Call :func:`velocity` or :func:`loss` yourself under
 that context manager to get float64.
 

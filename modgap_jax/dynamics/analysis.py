@@ -1,4 +1,4 @@
-"""Verification numbers for SPEC §3, computed on the host from recorded trajectories.
+"""Verification numbers for MATH.md §3, computed on the host from recorded trajectories.
 
 Every function takes NumPy arrays shaped like ``simulate``'s records ([B, T], or [T] for
 one trajectory) and returns plain floats (or dicts of floats) for ``summary.json``. Windows
@@ -64,12 +64,12 @@ def invariant_drift(invariant) -> float:
 
 
 def theorem32(t, beta, gamma, rate: float, t_lo: float = 1e4, t_hi: float = 1e6) -> dict:
-  """Theorem 3.2's mechanism (SPEC §3.4) for ``exp`` over the window [t_lo, t_hi].
+  """Theorem 3.2's mechanism (MATH.md §3.4) for ``exp`` over the window [t_lo, t_hi].
 
   Per trajectory, then the worst case over the batch:
 
   - ``beta_vs_log_t_r2`` (min) and ``beta_vs_log_t_slope`` (mean): β ≈ a log t + b.
-  - ``gamma_log2t_factor`` (max): max/min of γ·log²t (Θ(1/log²t) means bounded; SPEC §3.6
+  - ``gamma_log2t_factor`` (max): max/min of γ·log²t (Θ(1/log²t) means bounded; MATH.md §3.6
     expects it to still move by ≈ 13% in this window).
   - ``gamma_beta2_factor`` (max): max/min of γ·β² (≈ const, as γ is small).
   - ``conserved_factor`` (max): max/min of γ e^{−γ²/2} β^{2/c}, exactly constant for ``exp``.
@@ -135,7 +135,7 @@ def local_power_of_t(t, gamma, edges) -> list:
 
 
 def exponential_decay(t, gamma, t_lo: float, t_hi: float) -> dict:
-  """Fit log γ ≈ −rate·t + b on [t_lo, t_hi] (points with γ > 0): SPEC §3.3 fixed τ.
+  """Fit log γ ≈ −rate·t + b on [t_lo, t_hi] (points with γ > 0): MATH.md §3.3 fixed τ.
 
   Returns the mean rate, the min R² over the batch and the mean R² of the same data
   against log t (a power law), for contrast.
@@ -153,7 +153,7 @@ def exponential_decay(t, gamma, t_lo: float, t_hi: float) -> dict:
 
 
 def gap_rise(t, gap, t_early: float) -> dict:
-  """Theorem 3.3 (SPEC §3.5): how Δ moves from t = 0 to the first output time ≥ t_early.
+  """Theorem 3.3 (MATH.md §3.5): how Δ moves from t = 0 to the first output time ≥ t_early.
 
   Returns the share of trajectories whose Δ rose, the mean and min/max rise, and the rises
   themselves (for Figure 4b's histogram).
@@ -167,7 +167,7 @@ def gap_rise(t, gap, t_early: float) -> dict:
 
 
 def capped_regime(t, beta, gamma, beta_cap: float, t_lo: float, t_hi: float) -> dict:
-  """SPEC §3.4 with β capped: β pinned at the cap, and γ's slow exponential decay there.
+  """MATH.md §3.4 with β capped: β pinned at the cap, and γ's slow exponential decay there.
 
   Once ν stops, γ̇ = 2βγℓ'(κ) with β fixed and a saturated (exponentially small) ℓ', so
   log γ falls linearly in t at a slow rate. The fit runs over the part of [t_lo, t_hi] after
@@ -189,7 +189,7 @@ def capped_regime(t, beta, gamma, beta_cap: float, t_lo: float, t_hi: float) -> 
 
 
 def softplus_rate(t, beta, gamma, rate: float, t_lo: float, t_hi: float) -> dict:
-  """SPEC §3.4's open question for ``softplus``: γ = Θ(1/(t log t)) or γ ∝ e^{−β²/c}?
+  """MATH.md §3.4's open question for ``softplus``: γ = Θ(1/(t log t)) or γ ∝ e^{−β²/c}?
 
   Over [t_lo, t_hi], per trajectory (then worst case / mean):
 
@@ -197,7 +197,7 @@ def softplus_rate(t, beta, gamma, rate: float, t_lo: float, t_hi: float) -> dict
   - ``log_gamma_plus_beta2_over_c_spread``: max − min of log γ + β²/c (bounded, in fact
     nearly constant, if γ ∝ e^{−β²/c}; Lemma 3.1 makes it exact up to e^{−β} terms).
   - ``power_of_t``: the slope of log γ against log t (≈ −1.1 for 1/(t log t)).
-  - ``beta_vs_log_t_r2`` / ``_slope``: SPEC says β still grows like log t.
+  - ``beta_vs_log_t_r2`` / ``_slope``: MATH.md §3.4: β still grows like log t.
   """
   t, beta, gamma = _rows(t), _rows(beta), _rows(gamma)
   tlt, spread, power, logs, beta_fits = [], [], [], [], []
@@ -214,3 +214,29 @@ def softplus_rate(t, beta, gamma, rate: float, t_lo: float, t_hi: float) -> dict
           "power_of_t": float(np.mean(power)), "log10_gamma_at_window_end": float(np.mean(logs)),
           "beta_vs_log_t_r2": float(np.min([f["r2"] for f in beta_fits])),
           "beta_vs_log_t_slope": float(np.mean([f["slope"] for f in beta_fits]))}
+
+
+# A quantity is "bounded" over the window when it moves less than these (see the verdict).
+LOG_GAMMA_PLUS_BETA2_SPREAD_TOL = 1e-3  # e^{−β²/c}: log γ + β²/c is constant up to e^{−β} terms
+T_LOG_T_FACTOR_TOL = 10.0  # Θ(1/(t log t)): γ·t·log t stays within a constant factor
+
+
+def softplus_rate_verdict(rate: dict, spread_tol: float = LOG_GAMMA_PLUS_BETA2_SPREAD_TOL,
+                          factor_tol: float = T_LOG_T_FACTOR_TOL) -> dict:
+  """Which softplus law the numbers of :func:`softplus_rate` support, against stated thresholds.
+
+  ``e^{-beta^2/c}`` is supported when the spread of log γ + β²/c is at most ``spread_tol``;
+  ``1/(t log t)`` when max/min of γ·t·log t is at most ``factor_tol``. ``supports`` lists the
+  laws that pass (possibly both, possibly none), and ``statement`` says so in words.
+  """
+  spread = float(rate["log_gamma_plus_beta2_over_c_spread"])
+  factor = float(rate["t_log_t_gamma_factor"])
+  supports = [law for law, ok in (("e^{-beta^2/c}", spread <= spread_tol), ("1/(t log t)", factor <= factor_tol))
+              if ok]
+  lo, hi = rate["window"]
+  measured = (f"over t in [{lo:g}, {hi:g}], log γ + β²/c spreads by {spread:.3g} (threshold {spread_tol:g}) and "
+              f"γ·t·log t changes by a factor {factor:.3g} (threshold {factor_tol:g})")
+  statement = (f"{measured}: the simulator supports " + " and ".join(f"γ ∝ {law}" for law in supports) if supports
+               else f"{measured}: the simulator supports neither law")
+  return {"supports": supports, "spread": spread, "spread_tol": spread_tol, "t_log_t_factor": factor,
+          "factor_tol": factor_tol, "statement": statement}

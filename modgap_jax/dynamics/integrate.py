@@ -1,6 +1,6 @@
 """Integrating the flows with ``jax.experimental.ode.odeint``, in float64, vmapped over inits.
 
-SPEC §3.6: float32 is not enough for flows that run to t = 1e6 (the late gradients are
+MATH.md §3.6: float32 is not enough for flows that run to t = 1e6 (the late gradients are
 exponentially small), so everything here runs under ``jax.enable_x64(True)``. That is a
 context manager, scoped to the call: the rest of the library stays float32.
 
@@ -20,7 +20,7 @@ from jax.experimental import ode
 
 from modgap_jax import losses
 from modgap_jax.dynamics import models
-from modgap_jax.errors import check_choice, check_range
+from modgap_jax.errors import ConfigError, check_choice, check_range
 from modgap_jax.temperature import Reparam
 
 TRAJECTORY_KEYS = ("t", "gap", "gamma", "nu", "beta", "tau", "loss", "matched_frac", "invariant")
@@ -51,7 +51,7 @@ def _softplus_antiderivative(b: jax.Array) -> jax.Array:
 
 
 def temperature_integral(reparam: Reparam, rate: float, beta: jax.Array) -> jax.Array:
-  """G(β) = ∫_{β_ref}^{β} 2b / (c β'(ν(b))²) db with β_ref = 1 (SPEC §3.3).
+  """G(β) = ∫_{β_ref}^{β} 2b / (c β'(ν(b))²) db with β_ref = 1 (MATH.md §3.3).
 
   - ``exp`` (β' = β): G = (2/c) log β.
   - ``exp_scaled`` (β' = β/s): G = (2s²/c) log β.
@@ -70,7 +70,7 @@ def temperature_integral(reparam: Reparam, rate: float, beta: jax.Array) -> jax.
 
 
 def invariant(reparam: Reparam, rate: float, gamma: jax.Array, beta: jax.Array) -> jax.Array:
-  """Lemma 3.1 (SPEC §3.3): I = log γ − γ²/2 + ∫_{β_ref}^{β} 2b / (c β'(ν(b))²) db.
+  """Lemma 3.1 (MATH.md §3.3): I = log γ − γ²/2 + ∫_{β_ref}^{β} 2b / (c β'(ν(b))²) db.
 
   Conserved along the learned flow of the parallel and reduced models (dγ/dβ =
   −2βγ / (c β'² (1−γ²))). log |γ| is used, so the sign of γ does not matter; I = −∞ at γ = 0.
@@ -170,12 +170,17 @@ def simulate(spec: models.FlowSpec, state0: dict, data: dict, t: np.ndarray, *, 
     rtol, atol: odeint's local error tolerances. odeint controls the RMS over all state
       components of err / (atol + rtol |y|), so with γ ≪ atol the relative accuracy of γ is
       lost: keep atol well below the smallest γ of interest.
-    mxstep: the most steps per output interval (odeint stops silently beyond it).
+    mxstep: must be inf. jax's odeint, stopped by a finite ``mxstep`` inside an output
+      interval, returns values extrapolated from where it stopped and says nothing, so a
+      finite value is refused rather than risk silently wrong trajectories.
 
   Returns:
     (records, states): ``records`` maps each of ``TRAJECTORY_KEYS`` to a float64 NumPy array
     [B, T]; ``states`` is the state pytree with leaves [B, T, ...].
   """
+  if not np.isinf(mxstep):
+    raise ConfigError(f"solver.mxstep={mxstep!r} must be inf: odeint would silently extrapolate an output "
+                      "interval it cannot finish in mxstep steps")
   with jax.enable_x64(True):
     state0, data = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), (state0, data))
     times = jnp.asarray(t, jnp.float64)

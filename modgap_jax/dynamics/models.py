@@ -1,11 +1,11 @@
-"""The gradient-flow models of SPEC §3: their states, features, loss and velocity field.
+"""The gradient-flow models of MATH.md §3: their states, features, loss and velocity field.
 
 Three models, each with its state as a pytree of float64 arrays:
 
-- ``reduced`` (SPEC §3.1–3.2): state ``{nu, gamma}``. The in-subspace directions u_i, v_i
+- ``reduced`` (MATH.md §3.1–3.2): state ``{nu, gamma}``. The in-subspace directions u_i, v_i
   are frozen (they ride along as ``data``), so S = U Vᵀ is fixed and L = ℓ(κ; S) with
   κ = β(ν)(1−γ²).
-- ``parallel`` (SPEC §3.1–3.2): state ``{nu, gamma, w_x, w_y}`` with w of shape [n, d−1] and
+- ``parallel`` (MATH.md §3.1–3.2): state ``{nu, gamma, w_x, w_y}`` with w of shape [n, d−1] and
   u = w/‖w‖. Features are h^x = (√(1−γ²) u^x, +γ), h^y = (√(1−γ²) u^y, −γ); the last
   coordinate is the axis e.
 - ``free``: state ``{nu, f_x, f_y}`` with f of shape [n, d], features h = f/‖f‖. No parallel
@@ -13,7 +13,7 @@ Three models, each with its state as a pytree of float64 arrays:
 
 The velocity is −∇L of the training loss ``losses.clip_loss`` (by autodiff), with ν's
 component multiplied by the rate c and shaped by the temperature mode. The reduced model
-also has SPEC §3.2's closed form, so the two can be checked against each other.
+also has MATH.md §3.2's closed form, so the two can be checked against each other.
 
 The γ-parameterisation is singular at |γ| = 1 (both clouds collapse onto ±e). A mismatched
 flow with a large β can drive γ there before its pairs re-match (γ̇ = 2βγℓ' with ℓ' > 0);
@@ -28,12 +28,15 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from modgap_jax import losses
+from modgap_jax import losses, numerics
 from modgap_jax.errors import ConfigError, check_choice, check_range
+from modgap_jax import temperature as temperature_lib
 from modgap_jax.temperature import Reparam
 
 MODELS = ("reduced", "parallel", "free")
-MODES = ("learned", "fixed", "scheduled", "capped")
+# The trainer's temperature modes (modgap_jax.temperature.MODES), plus the β cap as a mode of
+# its own: in continuous time the cap is a projection of the flow, not an optimizer step.
+MODES = (*temperature_lib.MODES, "capped")
 INITS = ("matched", "mismatched", "uniform")
 REDUCED_RHS = ("closed_form", "autodiff")
 SCHEDULE_KINDS = ("linear", "cosine")
@@ -45,20 +48,20 @@ class FlowSpec:
 
   Attributes:
     model: ``reduced``, ``parallel`` or ``free``.
-    reparam: the β(ν) map (SPEC §1).
+    reparam: the β(ν) map (MATH.md §1).
     mode: how ν moves.
       - ``learned``: ν̇ = −c ∂L/∂ν.
       - ``fixed``: ν̇ = 0.
       - ``scheduled``: τ(t) is a given function of time (see ``schedule_*``); the state's ν
         is ignored and ν̇ = 0 there, and the recorded ν is ν(1/τ(t)).
       - ``capped``: learned, projected onto β ≤ ``beta_cap``: ν̇ = 0 whenever β ≥ cap and the
-        free ν̇ > 0 (SPEC §3.4, CLIP's clamp at 100 in continuous time).
-    rate: the multiplier c on ν's rate (SPEC §3.2; 0.1 is the paper's SLRT).
+        free ν̇ > 0 (MATH.md §3.4, CLIP's clamp at 100 in continuous time).
+    rate: the multiplier c on ν's rate (MATH.md §3.2; 0.1 is the paper's SLRT).
     beta_cap: the cap on β in ``capped`` mode.
     schedule_kind: ``linear`` or ``cosine`` from ``tau_start`` to ``tau_end`` over
       [0, ``schedule_time``], constant afterwards (``scheduled`` mode).
     tau_start, tau_end, schedule_time: the schedule's end points, in flow time units.
-    reduced_rhs: ``closed_form`` (SPEC §3.2's ℓ'(κ)) or ``autodiff`` (−∇ of clip_loss on the
+    reduced_rhs: ``closed_form`` (MATH.md §3.2's ℓ'(κ)) or ``autodiff`` (−∇ of clip_loss on the
       parallel features); reduced model only.
   """
   model: str = "reduced"
@@ -100,7 +103,7 @@ class FlowSpec:
 def scheduled_tau(spec: FlowSpec, t: jax.Array) -> jax.Array:
   """τ(t): ``linear`` or ``cosine`` from tau_start to tau_end over [0, T], then constant.
 
-  The continuous-time version of ``temperature.tau_schedule_from_config`` (SPEC §4.1 TS).
+  The continuous-time version of ``temperature.tau_schedule_from_config`` (MATH.md §4.1 TS).
   """
   frac = jnp.clip(t / spec.schedule_time, 0.0, 1.0)
   if spec.schedule_kind == "cosine":
@@ -137,13 +140,11 @@ def nu_velocity(spec: FlowSpec, nu: jax.Array, dloss_dnu: jax.Array) -> jax.Arra
 # --- features -------------------------------------------------------------------------
 
 
-def normalize(x: jax.Array) -> jax.Array:
-  """Rows of x scaled to unit length."""
-  return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+normalize = numerics.l2_normalize  # float64 in, float64 out
 
 
 def parallel_features(u: jax.Array, v: jax.Array, gamma: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """SPEC §3.1: h^x_i = (√(1−γ²) u_i, +γ), h^y_i = (√(1−γ²) v_i, −γ), for unit u_i, v_i."""
+  """MATH.md §3.1: h^x_i = (√(1−γ²) u_i, +γ), h^y_i = (√(1−γ²) v_i, −γ), for unit u_i, v_i."""
   radius = jnp.sqrt(1.0 - gamma**2)
   ones = jnp.ones(u.shape[:-1] + (1,), u.dtype)
   image = jnp.concatenate([radius * u, gamma * ones], axis=-1)
@@ -161,7 +162,7 @@ def features(spec: FlowSpec, state: dict, data: dict) -> tuple[jax.Array, jax.Ar
 
 
 def loss(spec: FlowSpec, state: dict, t: jax.Array, data: dict) -> jax.Array:
-  """L = losses.clip_loss(H_X, H_Y, β(t, ν)): the loss training minimises (SPEC §3.2).
+  """L = losses.clip_loss(H_X, H_Y, β(t, ν)): the loss training minimises (MATH.md §3.2).
 
   clip_loss accumulates in the inputs' precision when that is wider than float32, so under
   ``jax.enable_x64`` this is a float64 loss and −∇L a float64 flow.
@@ -171,7 +172,7 @@ def loss(spec: FlowSpec, state: dict, t: jax.Array, data: dict) -> jax.Array:
 
 
 def gap(image: jax.Array, text: jax.Array) -> jax.Array:
-  """Δ = ‖mean_i h^x_i − mean_i h^y_i‖₂ (SPEC §2) for paired rows.
+  """Δ = ‖mean_i h^x_i − mean_i h^y_i‖₂ (MATH.md §2) for paired rows.
 
   ``metrics.modality_gap``'s number, written as the mean of the pair differences so that a
   vanishing gap (matched pairs, γ → 0; flows reach Δ ~ 1e-150) is not lost under the
@@ -195,7 +196,7 @@ def matched_fraction(image: jax.Array, text: jax.Array) -> jax.Array:
 
 
 def reduced_dloss_dkappa(similarity: jax.Array, kappa: jax.Array) -> jax.Array:
-  """SPEC §3.2: ℓ'(κ) = (1/2n) Σ_i [(Σ_j P_ij S_ij − S_ii) + (Σ_j Q_ij S_ji − S_ii)].
+  """MATH.md §3.2: ℓ'(κ) = (1/2n) Σ_i [(Σ_j P_ij S_ij − S_ii) + (Σ_j Q_ij S_ji − S_ii)].
 
   P is the row softmax of κS and Q the column softmax, so ℓ' < 0 when every true pair beats
   its softmax-weighted competitors. Evaluated as Σ_j P_ij (S_ij − S_ii), which is the same
@@ -212,7 +213,7 @@ def reduced_dloss_dkappa(similarity: jax.Array, kappa: jax.Array) -> jax.Array:
 
 
 def reduced_velocity_closed_form(spec: FlowSpec, state: dict, t: jax.Array, data: dict) -> dict:
-  """SPEC §3.2 in closed form: ν̇ = −c ℓ'(κ)(1−γ²)β'(ν), γ̇ = 2βγℓ'(κ), κ = β(1−γ²)."""
+  """MATH.md §3.2 in closed form: ν̇ = −c ℓ'(κ)(1−γ²)β'(ν), γ̇ = 2βγℓ'(κ), κ = β(1−γ²)."""
   nu, gamma = state["nu"], state["gamma"]
   beta = beta_at(spec, t, nu)
   dl = reduced_dloss_dkappa(data["u"] @ data["v"].T, beta * (1.0 - gamma**2))
@@ -223,7 +224,7 @@ def reduced_velocity_closed_form(spec: FlowSpec, state: dict, t: jax.Array, data
 def velocity(spec: FlowSpec, state: dict, t: jax.Array, data: dict) -> dict:
   """The flow's right-hand side: −∇L by autodiff, ν's part scaled by c and shaped by mode.
 
-  For the reduced model with ``reduced_rhs='closed_form'`` this is SPEC §3.2's formula;
+  For the reduced model with ``reduced_rhs='closed_form'`` this is MATH.md §3.2's formula;
   with ``'autodiff'`` it is −∂/∂(ν, γ) of clip_loss on the parallel features.
   """
   if spec.model == "reduced" and spec.reduced_rhs == "closed_form":
@@ -237,7 +238,7 @@ def velocity(spec: FlowSpec, state: dict, t: jax.Array, data: dict) -> dict:
 def gap_velocity(spec: FlowSpec, state: dict, t: jax.Array, data: dict) -> jax.Array:
   """dΔ/dt along the flow: ⟨δ, δ̇⟩/Δ with δ = mean_i (h^x_i − h^y_i), δ̇ by forward mode.
 
-  At t = 0 this is the quantity of Theorem 3.3 (SPEC §3.5). At Δ = 0 it is the one-sided
+  At t = 0 this is the quantity of Theorem 3.3 (MATH.md §3.5). At Δ = 0 it is the one-sided
   rate ‖δ̇‖.
   """
   mean_diff = lambda s: jnp.mean(jnp.subtract(*features(spec, s, data)), axis=0)
@@ -304,7 +305,7 @@ def offset_for_gap(points: jax.Array, partners: jax.Array, target_gap: float,
 
 @dataclasses.dataclass(frozen=True)
 class InitSpec:
-  """How to draw one initial state (SPEC §3.1, §3.5).
+  """How to draw one initial state (MATH.md §3.1, §3.5).
 
   Attributes:
     n: pairs in the batch.

@@ -1,4 +1,4 @@
-"""Flax towers of the CLIP model (SPEC §5.1).
+"""Flax towers of the CLIP model (MATH.md §5.1).
 
 - :mod:`resnet`: CLIP's ModifiedResNet image tower ("RN50" and smaller).
 - :mod:`vit`: CLIP's Vision Transformer image tower.

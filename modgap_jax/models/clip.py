@@ -6,9 +6,9 @@ Parameter tree::
 
 plus, for ``resnet.norm='batch'``, a ``batch_stats`` collection under ``'image'``.
 
-ν lives in the tree so checkpoints have the same shape in every temperature mode (DESIGN.md),
+ν lives in the tree so checkpoints have the same shape in every temperature mode,
 but the forward pass never reads it: the trainer computes β(ν) from ``params['temperature']
-['nu']`` itself (SPEC §1), and the optimizer decides whether ν learns.
+['nu']`` itself (MATH.md §1), and the optimizer decides whether ν learns.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from modgap_jax import numerics
 from modgap_jax.errors import ConfigError, check_choice
 from modgap_jax.models.resnet import NORMS, ModifiedResNet, feature_map_size
 from modgap_jax.models.text import TextTransformer
@@ -29,14 +30,11 @@ IMAGE_TOWERS = ('resnet', 'vit')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """x / ‖x‖ along the last axis, in float32; ``eps`` keeps an all-zero row finite."""
-  x = x.astype(jnp.float32)
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
+l2_normalize = numerics.l2_normalize  # re-exported: models.l2_normalize is public API
 
 
 class Temperature(nn.Module):
-  """Holds the scalar ν of β(ν) (SPEC §1) as float32 param 'nu'."""
+  """Holds the scalar ν of β(ν) (MATH.md §1) as float32 param 'nu'."""
 
   nu_init: float
 
@@ -171,7 +169,7 @@ def default_model_config() -> ml_collections.ConfigDict:
 
 
 def rn50_config() -> ml_collections.ConfigDict:
-  """CLIP RN50's shape at 224 px (SPEC §5.1), with CLIP's 49408-token vocabulary."""
+  """CLIP RN50's shape at 224 px (MATH.md §5.1), with CLIP's 49408-token vocabulary."""
   cfg = default_model_config()
   cfg.embed_dim = 1024
   cfg.image_size = 224

@@ -1,4 +1,4 @@
-"""CLIP's ModifiedResNet image tower (the "RN50" of SPEC §5.1), sized by config.
+"""CLIP's ModifiedResNet image tower (the "RN50" of MATH.md §5.1), sized by config.
 
 It differs from a torchvision ResNet in three ways:
 

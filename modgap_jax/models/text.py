@@ -1,4 +1,4 @@
-"""CLIP's text Transformer, and the pre-LN Transformer both towers share (SPEC §5.1).
+"""CLIP's text Transformer, and the pre-LN Transformer both towers share (MATH.md §5.1).
 
 The text tower embeds tokens, adds a learned positional embedding, runs a causally masked
 pre-LN Transformer, applies a final LayerNorm and reads the feature at the end-of-text token.

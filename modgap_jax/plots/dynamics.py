@@ -1,4 +1,4 @@
-"""Figures for the gradient-flow simulator (SPEC §3): matplotlib, Agg backend, PNG.
+"""Figures for the gradient-flow simulator (MATH.md §3): matplotlib, Agg backend, PNG.
 
 Each function draws one figure and returns it; :func:`save` writes it atomically.
 """

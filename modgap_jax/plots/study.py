@@ -1,7 +1,7 @@
 """Figures of a study (PNG, Agg): the paper's relations between τ, the gap, retrieval and uniformity.
 
 - ``gap_vs_tau.png``: Δ against the fixed τ over the FLT cells (Table 3's trend), log-x.
-- ``retrieval_vs_gap.png``: both R@1 against Δ, every cell annotated (SPEC §5.4: retrieval
+- ``retrieval_vs_gap.png``: both R@1 against Δ, every cell annotated (MATH.md §5.4: retrieval
   rises as the gap falls, then collapses at very large τ).
 - ``accuracy_vs_uniformity.png``: zero-shot and linear probe against uniformity −W2.
 - ``tau_gap_over_steps.png``: τ(t) (train lines) and held-out Δ(t) (eval lines) of every

@@ -33,3 +33,6 @@ from modgap_jax.data.text.byte import tokenize
 from modgap_jax.data.text.factory import TOKENIZER_KINDS
 from modgap_jax.data.text.factory import from_json
 from modgap_jax.data.text.factory import make_tokenizer
+
+__all__ = ["PAD_ID", "Tokenizer", "check_context_length", "normalize", "pack", "BPETokenizer", "train_bpe",
+           "ByteTokenizer", "detokenize", "tokenize", "TOKENIZER_KINDS", "from_json", "make_tokenizer"]
