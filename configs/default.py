@@ -27,7 +27,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.method = "baseline"
   config.seed = 0
 
-  config.dataset = ml_collections.ConfigDict(dict(
+  config.dataset = ml_collections.ConfigDict(
+    dict(
       name="twemoji_captions",
       data_dir="",  # empty: $TFDS_DATA_DIR, else ~/.cache/modgap_jax/tensorflow_datasets
       # Datasets from your files (name='coco_raw' or 'image_text_folder'): the folder they read.
@@ -57,7 +58,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # Streamed splits only: grain worker processes that read and resize batches; -1 = auto
       # (one per core up to 8 for a lazily read split, none for one in memory).
       num_workers=-1,
-  ))
+    )
+  )
 
   config.model = default_model_config()
   config.model.image_size = 32
@@ -75,8 +77,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.num_epochs = 30.0
   config.num_steps = -1  # > 0 overrides num_epochs
 
-  config.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=5e-4, warmup_epochs=2.0, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, grad_clip_norm=0.0))
+  config.optimizer = ml_collections.ConfigDict(
+    dict(learning_rate=5e-4, warmup_epochs=2.0, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, grad_clip_norm=0.0)
+  )
   config.temperature = methods.temperature_defaults()
   config.swap = methods.swap_defaults()
 
@@ -90,8 +93,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_every = 250  # steps; the last step is always evaluated
   config.checkpoint_every = 100
   config.keep_checkpoints = 3
-  config.eval = ml_collections.ConfigDict(dict(
-      gap_pairs=512, linear_probe=True, probe_l2=1e-3, probe_steps=300, zero_shot=True, batch_size=512))
+  config.eval = ml_collections.ConfigDict(
+    dict(gap_pairs=512, linear_probe=True, probe_l2=1e-3, probe_steps=300, zero_shot=True, batch_size=512)
+  )
   config.progress_bar = True
   config.tensorboard = True  # event files (scalars, the PCA figure) in the workdir, via tensorboardX
 

@@ -44,20 +44,29 @@ def base_config() -> ConfigDict:
   # matched | mismatched | uniform; gamma0 for reduced/parallel, gap0 for free.
   config.init = ConfigDict(dict(kind="matched", gamma0=0.3, gap0=0.3, tau0=0.07))
   # mode: learned | fixed | scheduled | capped; lr_multiplier is the rate c on ν.
-  config.temperature = ConfigDict(dict(
-      reparam="exp", scale=2.0, mode="learned", lr_multiplier=1.0, beta_cap=100.0,
-      schedule=dict(kind="linear", tau_start=0.01, tau_end=0.05, t_end=100.0)))
+  config.temperature = ConfigDict(
+    dict(
+      reparam="exp",
+      scale=2.0,
+      mode="learned",
+      lr_multiplier=1.0,
+      beta_cap=100.0,
+      schedule=dict(kind="linear", tau_start=0.01, tau_end=0.05, t_end=100.0),
+    )
+  )
   # grid: log (0, then num−1 points from t_min to t_max) | linear (num points on [0, t_max]).
   config.time = ConfigDict(dict(grid="log", t_min=1e-3, t_max=1e6, num=121))
   # atol far below any γ of interest: odeint's error test is atol + rtol·|y| per component.
   # mxstep stays inf: odeint extrapolates silently past a finite one (see dynamics.simulate).
   config.solver = ConfigDict(dict(rtol=1e-10, atol=1e-300, mxstep=float("inf")))
-  config.analysis = ConfigDict(dict(
-      window=(1e4, 1e6),          # Theorem 3.2 / rate fits
-      decay_window=(1e1, 1e3),    # fixed τ: exponential fit of log γ against t
+  config.analysis = ConfigDict(
+    dict(
+      window=(1e4, 1e6),  # Theorem 3.2 / rate fits
+      decay_window=(1e1, 1e3),  # fixed τ: exponential fit of log γ against t
       exponent_edges=(1e2, 1e3, 1e4, 1e5, 1e6),  # local exponents d log γ / d log log t
-      t_early=1e-2,               # Theorem 3.3: Δ(t_early) − Δ(0)
-  ))
+      t_early=1e-2,  # Theorem 3.3: Δ(t_early) − Δ(0)
+    )
+  )
   config.snapshot_times = (0.0,)  # sphere snapshots (d = 3 only); the nearest grid times
   config.variants = ConfigDict()
   return config
@@ -80,15 +89,18 @@ def _lemma31(config: ConfigDict) -> None:
   config.time.t_max = 1e4
   config.analysis.window = (1e2, 1e4)
   config.analysis.exponent_edges = (1e0, 1e1, 1e2, 1e3, 1e4)
-  config.variants = ConfigDict(dict(
+  config.variants = ConfigDict(
+    dict(
       exp=dict(),
       exp_slrt=dict(temperature=dict(lr_multiplier=0.1)),
       exp_scaled=dict(temperature=dict(reparam="exp_scaled")),
       softplus=dict(temperature=dict(reparam="softplus")),
       # u, v move and pairs rematch, so ℓ' changes sign: I is still conserved.
-      parallel_uniform=dict(model="parallel", n=16, init=dict(kind="uniform", gamma0=0.2, tau0=1.0),
-                            solver=dict(atol=1e-14)),
-  ))
+      parallel_uniform=dict(
+        model="parallel", n=16, init=dict(kind="uniform", gamma0=0.2, tau0=1.0), solver=dict(atol=1e-14)
+      ),
+    )
+  )
 
 
 def _theorem32(config: ConfigDict) -> None:
@@ -109,7 +121,8 @@ def _theorem33(config: ConfigDict) -> None:
 
 def _reparams(config: ConfigDict) -> None:
   config.batch = 1
-  config.variants = ConfigDict(dict(
+  config.variants = ConfigDict(
+    dict(
       exp=dict(),
       exp_scaled=dict(temperature=dict(reparam="exp_scaled")),
       softplus=dict(temperature=dict(reparam="softplus")),
@@ -120,11 +133,17 @@ def _reparams(config: ConfigDict) -> None:
       # reached only at t ≫ 1e10).
       capped=dict(temperature=dict(mode="capped", beta_cap=30.0)),
       exp_slrt=dict(temperature=dict(lr_multiplier=0.1)),
-  ))
+    )
+  )
 
 
-_BUILDERS = {"figure2": _figure2, "lemma31": _lemma31, "theorem32": _theorem32, "theorem33": _theorem33,
-             "reparams": _reparams}
+_BUILDERS = {
+  "figure2": _figure2,
+  "lemma31": _lemma31,
+  "theorem32": _theorem32,
+  "theorem33": _theorem33,
+  "reparams": _reparams,
+}
 
 
 def get_config(arg: str | None = None) -> ConfigDict:

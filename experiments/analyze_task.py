@@ -58,13 +58,17 @@ def load_npz(path: str) -> dict[str, Any]:
     with np.load(path, allow_pickle=False) as f:
       arrays = {k: f[k] for k in f.files}
   except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-    raise ConfigError(f"embeddings file {path!r} is not a readable .npz ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    raise ConfigError(
+      f"embeddings file {path!r} is not a readable .npz ({type(e).__name__}: "
+      f"{str(e).splitlines()[0] if str(e) else ''})"
+    ) from None
   for key in ("image_emb", "text_emb"):
     if key not in arrays:
       shape = "[N, d]" if key == "image_emb" else "[M, d]"
-      raise ConfigError(f"embeddings file {path!r} has no key {key!r} (float {shape}); it holds "
-                        f"{', '.join(map(repr, sorted(arrays))) or 'nothing'}")
+      raise ConfigError(
+        f"embeddings file {path!r} has no key {key!r} (float {shape}); it holds "
+        f"{', '.join(map(repr, sorted(arrays))) or 'nothing'}"
+      )
   out = {k: arrays.get(k) for k in NPZ_KEYS}
   out["ignored_keys"] = sorted(set(arrays) - set(NPZ_KEYS))
   return out
@@ -99,14 +103,21 @@ def embed_run(run_dir: str) -> dict[str, Any]:
   variables = flax.jax_utils.replicate(variables)
   image_emb, labels = evaluator.embed_images(variables, eval_split)
   text_emb, text_to_image = evaluator.embed_texts(variables, eval_split)
-  out = {"image_emb": image_emb, "text_emb": text_emb, "text_to_image": text_to_image, "labels": None,
-         "class_text_emb": None, "ignored_keys": [],
-         "run_beta": float(spec.reparam.beta(nu))}
+  out = {
+    "image_emb": image_emb,
+    "text_emb": text_emb,
+    "text_to_image": text_to_image,
+    "labels": None,
+    "class_text_emb": None,
+    "ignored_keys": [],
+    "run_beta": float(spec.reparam.beta(nu)),
+  }
   if evaluator.label_key:
     out["labels"] = np.asarray(labels[evaluator.label_key])
     if evaluator.class_tokens is not None:
       out["class_text_emb"] = evaluator.embed_tokens(variables, evaluator.class_tokens).reshape(
-          *evaluator.class_shape, -1)
+        *evaluator.class_shape, -1
+      )
   return out
 
 
@@ -147,8 +158,10 @@ def input_kind(path: str) -> str:
       return "dir_npz"
     if all(os.path.exists(os.path.join(path, p)) for p in ("config.json", "tokenizer.json", "checkpoints")):
       return "run"
-    raise ConfigError(f"embeddings={path!r} is a directory without embeddings.npz and is not a modgap_jax run "
-                      f"(config.json, tokenizer.json, checkpoints/)")
+    raise ConfigError(
+      f"embeddings={path!r} is a directory without embeddings.npz and is not a modgap_jax run "
+      f"(config.json, tokenizer.json, checkpoints/)"
+    )
   if not os.path.isfile(path):
     raise ConfigError(f"embeddings={path!r}: no such file or directory")
   if not path.endswith(".npz"):
@@ -164,8 +177,9 @@ def load_input(path: str) -> dict[str, Any]:
   else:
     raw = load_npz(os.path.join(path, "embeddings.npz") if kind == "dir_npz" else path)
   try:
-    analysis.validate_inputs(raw["image_emb"], raw["text_emb"], raw["text_to_image"], raw["labels"],
-                             raw["class_text_emb"])
+    analysis.validate_inputs(
+      raw["image_emb"], raw["text_emb"], raw["text_to_image"], raw["labels"], raw["class_text_emb"]
+    )
   except ConfigError as e:
     raise ConfigError(f"embeddings file {path!r}: {e}") from None
   raw["kind"] = kind
@@ -175,8 +189,9 @@ def load_input(path: str) -> dict[str, Any]:
 def split_paths(spec: str) -> list[str]:
   paths = [p.strip() for p in str(spec or "").split(",") if p.strip()]
   if not paths:
-    raise ConfigError("embeddings is empty; set --config.embeddings=FILE.npz (or a run directory, or A,B,... to "
-                      "compare)")
+    raise ConfigError(
+      "embeddings is empty; set --config.embeddings=FILE.npz (or a run directory, or A,B,... to compare)"
+    )
   return paths
 
 
@@ -207,10 +222,17 @@ def analyze_options(config: ConfigDict) -> dict[str, Any]:
       raise ConfigError(f"{field}={config[field]!r} is out of range; it must be >= 1")
   check_range("probe_l2", float(config.probe_l2), 0.0, None, low_inclusive=False)
   check_range("figures.max_pairs", int(config.figures.max_pairs), 2, None)
-  return dict(beta=float(config.beta), lambdas=analysis.shift_grid(int(shift.num), float(shift.low), float(shift.high)),
-              chunk_size=int(config.chunk_size), hist_bins=int(config.hist_bins),
-              hist_max_rows=int(config.hist_max_rows), gap_pairs=int(config.gap_pairs),
-              probe_l2=float(config.probe_l2), probe_steps=int(config.probe_steps), seed=int(config.seed))
+  return dict(
+    beta=float(config.beta),
+    lambdas=analysis.shift_grid(int(shift.num), float(shift.low), float(shift.high)),
+    chunk_size=int(config.chunk_size),
+    hist_bins=int(config.hist_bins),
+    hist_max_rows=int(config.hist_max_rows),
+    gap_pairs=int(config.gap_pairs),
+    probe_l2=float(config.probe_l2),
+    probe_steps=int(config.probe_steps),
+    seed=int(config.seed),
+  )
 
 
 # ----------------------------------------------------------------------------------------
@@ -229,55 +251,97 @@ def _fmt(v) -> str:
 
 
 REPORT_SECTIONS = (
-    ("MATH.md §2 metrics", (
-        ("modality gap Δ (all caption pairs)", ("gap",)), ("Δ on 512 random pairs", ("gap_512",)),
-        ("alignment ↓", ("alignment",)), ("CLIP loss at β (one batch)", ("loss",)),
-        ("uniformity −W2 image / text / union ↑", ("uniformity_w2_image", "uniformity_w2_text", "uniformity_w2_union")),
-        ("uniformity Wang–Isola image / text / union ↓",
-         ("uniformity_wi_image", "uniformity_wi_text", "uniformity_wi_union")),
-        ("image→text R@1 / R@5 / R@10", ("i2t_r1", "i2t_r5", "i2t_r10")),
-        ("text→image R@1 / R@5 / R@10", ("t2i_r1", "t2i_r5", "t2i_r10")),
-        ("zero-shot top-1", ("zeroshot_top1",)), ("linear probe top-1 (half/half split)", ("linear_probe_top1",)))),
-    ("Cone effect", (
-        ("mean cos, distinct images", ("cone_image",)), ("mean cos, distinct captions", ("cone_text",)),
-        ("mean cos, all image–caption combinations", ("cross_cosine",)), ("mean cos, paired", ("paired_cosine",)))),
-    ("Where the gap lives", (
-        ("coordinates carrying 50 % / 90 % of ‖g‖²", ("gap_dims_50", "gap_dims_90")),)),
-    ("Separability", (
-        ("image-vs-text linear classifier, held-out accuracy", ("modality_separability",)),
-        ("effective rank image / text", ("effective_rank_image", "effective_rank_text")))),
-    ("Gap shift and the parallel model (MATH.md §3.1)", (
-        ("λ minimising the loss / its loss", ("shift_best_lambda", "shift_best_loss")),
-        ("γ fitted along ĝ / common offset / R²", ("parallel_gamma", "parallel_offset", "parallel_r2")),
-        ("κ = β(1 − γ²)", ("parallel_kappa",)), ("Δ ≥ 2|γ|", ("parallel_bound_holds",)))),
+  (
+    "MATH.md §2 metrics",
+    (
+      ("modality gap Δ (all caption pairs)", ("gap",)),
+      ("Δ on 512 random pairs", ("gap_512",)),
+      ("alignment ↓", ("alignment",)),
+      ("CLIP loss at β (one batch)", ("loss",)),
+      ("uniformity −W2 image / text / union ↑", ("uniformity_w2_image", "uniformity_w2_text", "uniformity_w2_union")),
+      (
+        "uniformity Wang–Isola image / text / union ↓",
+        ("uniformity_wi_image", "uniformity_wi_text", "uniformity_wi_union"),
+      ),
+      ("image→text R@1 / R@5 / R@10", ("i2t_r1", "i2t_r5", "i2t_r10")),
+      ("text→image R@1 / R@5 / R@10", ("t2i_r1", "t2i_r5", "t2i_r10")),
+      ("zero-shot top-1", ("zeroshot_top1",)),
+      ("linear probe top-1 (half/half split)", ("linear_probe_top1",)),
+    ),
+  ),
+  (
+    "Cone effect",
+    (
+      ("mean cos, distinct images", ("cone_image",)),
+      ("mean cos, distinct captions", ("cone_text",)),
+      ("mean cos, all image–caption combinations", ("cross_cosine",)),
+      ("mean cos, paired", ("paired_cosine",)),
+    ),
+  ),
+  ("Where the gap lives", (("coordinates carrying 50 % / 90 % of ‖g‖²", ("gap_dims_50", "gap_dims_90")),)),
+  (
+    "Separability",
+    (
+      ("image-vs-text linear classifier, held-out accuracy", ("modality_separability",)),
+      ("effective rank image / text", ("effective_rank_image", "effective_rank_text")),
+    ),
+  ),
+  (
+    "Gap shift and the parallel model (MATH.md §3.1)",
+    (
+      ("λ minimising the loss / its loss", ("shift_best_lambda", "shift_best_loss")),
+      ("γ fitted along ĝ / common offset / R²", ("parallel_gamma", "parallel_offset", "parallel_r2")),
+      ("κ = β(1 − γ²)", ("parallel_kappa",)),
+      ("Δ ≥ 2|γ|", ("parallel_bound_holds",)),
+    ),
+  ),
 )
 
 
 def render_report(result: Mapping[str, Any]) -> str:
   """A Markdown report of one analysis."""
-  lines = [f"# Modality gap analysis: `{result['source']}`", "",
-           f"- {result['n_images']} images, {result['n_texts']} captions, d = {result['dim']}, β = {result['beta']:g}",
-           f"- input row norms: image [{result['input_norm_image_min']:.4g}, {result['input_norm_image_max']:.4g}], "
-           f"text [{result['input_norm_text_min']:.4g}, {result['input_norm_text_max']:.4g}]"
-           + ("; **the norms varied**, so every row was L2-normalised first" if result["norms_varied"] else
-              ("; rows were L2-normalised" if not result["inputs_unit_norm"] else "; rows were unit already"))]
+  lines = [
+    f"# Modality gap analysis: `{result['source']}`",
+    "",
+    f"- {result['n_images']} images, {result['n_texts']} captions, d = {result['dim']}, β = {result['beta']:g}",
+    f"- input row norms: image [{result['input_norm_image_min']:.4g}, {result['input_norm_image_max']:.4g}], "
+    f"text [{result['input_norm_text_min']:.4g}, {result['input_norm_text_max']:.4g}]"
+    + (
+      "; **the norms varied**, so every row was L2-normalised first"
+      if result["norms_varied"]
+      else ("; rows were L2-normalised" if not result["inputs_unit_norm"] else "; rows were unit already")
+    ),
+  ]
   if result.get("ignored_keys"):
     lines.append(f"- ignored keys of the file: {', '.join(result['ignored_keys'])}")
   for title, rows in REPORT_SECTIONS:
     lines += ["", f"## {title}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {label} | {' / '.join(_fmt(result.get(k)) for k in keys)} |" for label, keys in rows]
-  lines += ["", "Recall after removing the top gap coordinates and re-normalising:", "",
-            "| removed | dims | Δ | i2t R@1 | t2i R@1 | i2t R@5 | t2i R@5 |", "|---|---|---|---|---|---|---|"]
-  lines += [f"| {q} % of ‖g‖² | {r['dims']} | {_fmt(r['gap'])} | {_fmt(r['i2t_r1'])} | {_fmt(r['t2i_r1'])} | "
-            f"{_fmt(r['i2t_r5'])} | {_fmt(r['t2i_r5'])} |"
-            for q, r in (("50", result["gap_removed_50"]), ("90", result["gap_removed_90"]))]
+  lines += [
+    "",
+    "Recall after removing the top gap coordinates and re-normalising:",
+    "",
+    "| removed | dims | Δ | i2t R@1 | t2i R@1 | i2t R@5 | t2i R@5 |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  lines += [
+    f"| {q} % of ‖g‖² | {r['dims']} | {_fmt(r['gap'])} | {_fmt(r['i2t_r1'])} | {_fmt(r['t2i_r1'])} | "
+    f"{_fmt(r['i2t_r5'])} | {_fmt(r['t2i_r5'])} |"
+    for q, r in (("50", result["gap_removed_50"]), ("90", result["gap_removed_90"]))
+  ]
   shift = result["shift"]
-  lines += ["", "Gap shift (x − λg/2, y + λg/2, re-normalised), every fifth λ:", "",
-            "| λ | loss | i2t R@1 | t2i R@1 | Δ |" + (" zero-shot |" if "zeroshot_top1" in shift else ""),
-            "|---|---|---|---|---|" + ("---|" if "zeroshot_top1" in shift else "")]
+  lines += [
+    "",
+    "Gap shift (x − λg/2, y + λg/2, re-normalised), every fifth λ:",
+    "",
+    "| λ | loss | i2t R@1 | t2i R@1 | Δ |" + (" zero-shot |" if "zeroshot_top1" in shift else ""),
+    "|---|---|---|---|---|" + ("---|" if "zeroshot_top1" in shift else ""),
+  ]
   for i in range(0, len(shift["lambda"]), 5):
-    row = f"| {shift['lambda'][i]:+.2f} | {_fmt(shift['loss'][i])} | {_fmt(shift['i2t_r1'][i])} | " \
-          f"{_fmt(shift['t2i_r1'][i])} | {_fmt(shift['gap'][i])} |"
+    row = (
+      f"| {shift['lambda'][i]:+.2f} | {_fmt(shift['loss'][i])} | {_fmt(shift['i2t_r1'][i])} | "
+      f"{_fmt(shift['t2i_r1'][i])} | {_fmt(shift['gap'][i])} |"
+    )
     lines.append(row + (f" {_fmt(shift['zeroshot_top1'][i])} |" if "zeroshot_top1" in shift else ""))
   lines += ["", "Figures: " + ", ".join(f"`{f}`" for f in FIGURES) + ". Every number: `analysis.json`.", ""]
   return "\n".join(lines)
@@ -290,8 +354,15 @@ def render_report(result: Mapping[str, Any]) -> str:
 
 def _analyze_input(raw: Mapping[str, Any], source: str, options: Mapping[str, Any], progress: bool) -> dict:
   wrap = (lambda seq: tqdm(seq, desc=f"shift {os.path.basename(source)}", unit="λ")) if progress else None
-  result = analysis.analyze(raw["image_emb"], raw["text_emb"], text_to_image=raw["text_to_image"],
-                            labels=raw["labels"], class_text_emb=raw["class_text_emb"], progress=wrap, **options)
+  result = analysis.analyze(
+    raw["image_emb"],
+    raw["text_emb"],
+    text_to_image=raw["text_to_image"],
+    labels=raw["labels"],
+    class_text_emb=raw["class_text_emb"],
+    progress=wrap,
+    **options,
+  )
   result["source"] = source
   result["ignored_keys"] = list(raw.get("ignored_keys", []))
   if raw.get("run_beta") is not None:
@@ -302,8 +373,9 @@ def _analyze_input(raw: Mapping[str, Any], source: str, options: Mapping[str, An
 def _pairs_for_figures(raw: Mapping[str, Any], config: ConfigDict):
   m = len(raw["text_emb"])
   t2i = np.arange(m) if raw["text_to_image"] is None else np.asarray(raw["text_to_image"])
-  return plots.sample_pairs(raw["image_emb"], raw["text_emb"], t2i, max_pairs=int(config.figures.max_pairs),
-                            seed=int(config.seed))
+  return plots.sample_pairs(
+    raw["image_emb"], raw["text_emb"], t2i, max_pairs=int(config.figures.max_pairs), seed=int(config.seed)
+  )
 
 
 def run(config: ConfigDict, workdir: str) -> dict:
@@ -329,13 +401,17 @@ def run(config: ConfigDict, workdir: str) -> dict:
     return result
 
   table = analysis.compare(dict(zip(names, results)))
-  plots.plot_compare([(name, result, *_pairs_for_figures(raw, config))
-                      for name, result, raw in zip(names, results, raws)], os.path.join(workdir, "compare.png"))
+  plots.plot_compare(
+    [(name, result, *_pairs_for_figures(raw, config)) for name, result, raw in zip(names, results, raws)],
+    os.path.join(workdir, "compare.png"),
+  )
   sources = "\n".join(f"- `{name}`: `{path}`" for name, path in zip(names, paths))
-  run_io.write_text(os.path.join(workdir, "compare.md"),
-                    f"# Modality gap analysis: {len(paths)} inputs\n\n{sources}\n\n"
-                    f"{analysis.compare_markdown(table)}\nβ = {options['beta']:g}. Figure: `compare.png`; every "
-                    f"number of every input: `compare.json`.\n")
+  run_io.write_text(
+    os.path.join(workdir, "compare.md"),
+    f"# Modality gap analysis: {len(paths)} inputs\n\n{sources}\n\n"
+    f"{analysis.compare_markdown(table)}\nβ = {options['beta']:g}. Figure: `compare.png`; every "
+    f"number of every input: `compare.json`.\n",
+  )
   out = {"table": table, "analyses": dict(zip(names, results))}
   run_io.write_json(os.path.join(workdir, "compare.json"), out)
   return out

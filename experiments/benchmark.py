@@ -71,9 +71,12 @@ from configs import default  # noqa: E402
 from modgap_jax import metrics, models, numerics, train_step  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("model", "auto", ["auto", "tiny", "rn50"],
-                  "configs/default.py's towers with BatchNorm, or CLIP RN50 at 224 px; auto: tiny on a CPU, "
-                  "rn50 on a GPU.")
+flags.DEFINE_enum(
+  "model",
+  "auto",
+  ["auto", "tiny", "rn50"],
+  "configs/default.py's towers with BatchNorm, or CLIP RN50 at 224 px; auto: tiny on a CPU, rn50 on a GPU.",
+)
 flags.DEFINE_integer("batch_size", 0, "Global batch size, split over the local devices (0: 128 tiny, 256 rn50).")
 flags.DEFINE_integer("steps", 50, "Timed steps per measurement and contender, in interleaved rounds of 5.")
 flags.DEFINE_enum("peer", "on", ["on", "off"], "Also time open_clip (needs the [bench] extra).")
@@ -87,15 +90,16 @@ DEFAULT_BATCH = {"tiny": 128, "rn50": 256}
 # Dense peak FLOP/s per device, found by substring of jax's device_kind (first match wins).
 # float32 is the TF32 tensor-core peak, since that is what XLA runs float32 matmuls on.
 PEAK_FLOPS = (
-    ("H200", {"bfloat16": 989e12, "float32": 494.7e12}),
-    ("H100 80GB HBM3", {"bfloat16": 989e12, "float32": 494.7e12}),  # H100 SXM
-    ("A100", {"bfloat16": 312e12, "float32": 156e12}),
+  ("H200", {"bfloat16": 989e12, "float32": 494.7e12}),
+  ("H100 80GB HBM3", {"bfloat16": 989e12, "float32": 494.7e12}),  # H100 SXM
+  ("A100", {"bfloat16": 312e12, "float32": 156e12}),
 )
 
 
 @dataclasses.dataclass
 class Contender:
   """One side of the race: ``run(n)`` does n steps and waits until the device is done."""
+
   name: str
   num_params: int
   step: Callable[[int], None]
@@ -265,6 +269,7 @@ def build_peer(torch, open_clip, config, batch: dict[str, np.ndarray], dtype: st
           emb = encode(inputs, normalize=True)
         emb.float().sum().backward()
       sync()
+
     return run
 
   return Contender("open_clip", num_params, step, tower(model.encode_image, images), tower(model.encode_text, tokens))
@@ -276,10 +281,16 @@ def peer_model(open_clip, model_cfg):
   if model_cfg.image_tower != "resnet" or len(r.layers) != 4:
     raise ValueError("open_clip's ModifiedResNet has exactly four stages")
   # open_clip derives the attention-pool heads from a head width over its width·32 channels.
-  vision = open_clip.CLIPVisionCfg(layers=tuple(r.layers), width=r.width, head_width=r.width * 32 // r.heads,
-                                   image_size=model_cfg.image_size)
-  text = open_clip.CLIPTextCfg(context_length=model_cfg.context_length, vocab_size=model_cfg.vocab_size,
-                               width=t.width, heads=t.heads, layers=t.depth)
+  vision = open_clip.CLIPVisionCfg(
+    layers=tuple(r.layers), width=r.width, head_width=r.width * 32 // r.heads, image_size=model_cfg.image_size
+  )
+  text = open_clip.CLIPTextCfg(
+    context_length=model_cfg.context_length,
+    vocab_size=model_cfg.vocab_size,
+    width=t.width,
+    heads=t.heads,
+    layers=t.depth,
+  )
   return open_clip.CLIP(model_cfg.embed_dim, vision, text, quick_gelu=True)
 
 
@@ -343,8 +354,10 @@ def report_xla(dtype: str, compiled, step_s: float) -> None:
   elif peak is None:
     mfu = f"{flops / 1e9:.2f} GFLOP/step/device, unknown peak for '{kind}'"
   else:
-    mfu = (f"{flops / 1e9:.2f} GFLOP/step/device, MFU {flops / step_s / peak:.1%} "
-           f"of {peak / 1e12:.0f} TFLOP/s ({dtype} dense peak)")
+    mfu = (
+      f"{flops / 1e9:.2f} GFLOP/step/device, MFU {flops / step_s / peak:.1%} "
+      f"of {peak / 1e12:.0f} TFLOP/s ({dtype} dense peak)"
+    )
   mem = "" if mem_bytes is None else f"; XLA memory {mem_bytes / 2**30:.2f} GiB/device"
   print(f"{dtype} ours XLA: {mfu}{mem}")
 
@@ -362,15 +375,16 @@ def bench_recall(n: int, dim: int) -> dict[str, float]:
   start = time.perf_counter()
   recall = metrics.retrieval_recall(images, texts)
   seconds = time.perf_counter() - start
-  return {"seconds": seconds, "i2t_r1": recall["i2t_r1"], "dense_bytes": 4.0 * n * n,
-          "chunk_bytes": 4.0 * 1024 * n}
+  return {"seconds": seconds, "i2t_r1": recall["i2t_r1"], "dense_bytes": 4.0 * n * n, "chunk_bytes": 4.0 * 1024 * n}
 
 
 def report_recall(n: int, dim: int) -> None:
   r = bench_recall(n, dim)
-  print(f"recall {n}×{n}, d={dim}: {r['seconds']:.2f} s (i2t R@1 {r['i2t_r1']:.3f}); a dense score matrix "
-        f"would need {r['dense_bytes'] / 2**30:.1f} GiB, one chunk holds {r['chunk_bytes'] / 2**20:.0f} MiB "
-        f"(ratio {r['dense_bytes'] / r['chunk_bytes']:.0f})")
+  print(
+    f"recall {n}×{n}, d={dim}: {r['seconds']:.2f} s (i2t R@1 {r['i2t_r1']:.3f}); a dense score matrix "
+    f"would need {r['dense_bytes'] / 2**30:.1f} GiB, one chunk holds {r['chunk_bytes'] / 2**20:.0f} MiB "
+    f"(ratio {r['dense_bytes'] / r['chunk_bytes']:.0f})"
+  )
 
 
 # ----------------------------------------------------------------------------- main
@@ -381,10 +395,11 @@ def describe_device() -> str:
   kind = jax.devices()[0].device_kind
   if backend == "cpu":
     # torch's OpenMP threads suffer most when other processes share the cores: say so.
-    kind = (f"{kind} ({_cpu_model()}, {len(os.sched_getaffinity(0))} cores, "
-            f"load average {os.getloadavg()[0]:.1f})")
-  return (f"benchmark {datetime.date.today().isoformat()}: {jax.local_device_count()} × {kind}, "
-          f"backend {backend}, jax {jax.__version__}")
+    kind = f"{kind} ({_cpu_model()}, {len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f})"
+  return (
+    f"benchmark {datetime.date.today().isoformat()}: {jax.local_device_count()} × {kind}, "
+    f"backend {backend}, jax {jax.__version__}"
+  )
 
 
 def _cpu_model() -> str:
@@ -398,17 +413,22 @@ def _cpu_model() -> str:
 
 def describe_setup(name: str, config, batch_size: int, steps: int) -> None:
   m, o = config.model, config.optimizer
-  print(f"model {name}: ResNet layers {tuple(m.resnet.layers)} width {m.resnet.width} (BatchNorm) at "
-        f"{m.image_size} px, text width {m.text.width} depth {m.text.depth}, embed {m.embed_dim}; batch "
-        f"{batch_size}; AdamW lr {o.learning_rate} b1 {o.b1} b2 {o.b2} eps {o.eps}, weight decay "
-        f"{o.weight_decay} on weight matrices")
+  print(
+    f"model {name}: ResNet layers {tuple(m.resnet.layers)} width {m.resnet.width} (BatchNorm) at "
+    f"{m.image_size} px, text width {m.text.width} depth {m.text.depth}, embed {m.embed_dim}; batch "
+    f"{batch_size}; AdamW lr {o.learning_rate} b1 {o.b1} b2 {o.b2} eps {o.eps}, weight decay "
+    f"{o.weight_decay} on weight matrices"
+  )
   per_round = min(ROUND_STEPS, steps)
-  print(f"timing: median over {numerics.ceil_div(steps, per_round)} interleaved rounds of {per_round} steps, "
-        f"after {WARMUP_STEPS} warm-up steps")
+  print(
+    f"timing: median over {numerics.ceil_div(steps, per_round)} interleaved rounds of {per_round} steps, "
+    f"after {WARMUP_STEPS} warm-up steps"
+  )
 
 
-def run(model: str = "auto", batch_size: int = 0, steps: int = 50, peer: bool = True, recall_n: int = 0,
-        recall_dim: int = 512) -> None:
+def run(
+  model: str = "auto", batch_size: int = 0, steps: int = 50, peer: bool = True, recall_n: int = 0, recall_dim: int = 512
+) -> None:
   """Prints the whole benchmark (see the module docstring)."""
   gpu = jax.default_backend() == "gpu"
   name = ("rn50" if gpu else "tiny") if model == "auto" else model
@@ -443,8 +463,9 @@ def compare(name: str, dtype: str, batch_size: int, steps: int, peer_modules: tu
   medians = interleave({c.name: c.step for c in contenders}, steps)
   report(f"{dtype} train step", medians, batch_size)
   for tower in ("image", "text"):
-    report(f"{dtype} {tower} tower fwd+bwd", interleave({c.name: getattr(c, tower) for c in contenders}, steps),
-           batch_size)
+    report(
+      f"{dtype} {tower} tower fwd+bwd", interleave({c.name: getattr(c, tower) for c in contenders}, steps), batch_size
+    )
   report_xla(dtype, compiled, medians["ours"])
 
 

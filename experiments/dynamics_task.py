@@ -31,19 +31,22 @@ from modgap_jax.errors import ConfigError
 from modgap_jax.plots import dynamics as plots
 from modgap_jax.temperature import Reparam
 
-
 NOTES = {
-    "trajectory": ("Every key is float64 [B, T] (t repeated on each row); runs[*].rows = [start, stop) "
-                   "names each run's rows. NaN marks an undefined quantity."),
-    "gamma": "γ of the parallel structure (reduced, parallel); NaN for the free model.",
-    "nu": "The ν that gives β; in scheduled mode ν(1/τ(t)) of the schedule.",
-    "invariant": ("MATH.md §3.3: I = log|γ| − γ²/2 + ∫_1^β 2b/(c β'(ν(b))²) db (reference β_ref = 1). "
-                  "exp: (2/c) log β; exp_scaled: (2s²/c) log β; softplus: (2/c)[F(β) − F(1)] with "
-                  "F(b) = b²/2 − b/(e^b − 1) + (1 + b) log(1 − e^{−b}) − Li₂(e^{−b}) (the exact antiderivative; "
-                  "equal to quadrature to 1e-11). NaN for the free model, for fixed and scheduled τ (ν does not "
-                  "follow the gradient), and where |γ| < 1e-200 (beyond float64). In capped mode, the same "
-                  "formula: conserved until β reaches the cap."),
-    "matched_frac": "Share of i whose nearest text (largest ⟨h^x_i, h^y_j⟩) is its own.",
+  "trajectory": (
+    "Every key is float64 [B, T] (t repeated on each row); runs[*].rows = [start, stop) "
+    "names each run's rows. NaN marks an undefined quantity."
+  ),
+  "gamma": "γ of the parallel structure (reduced, parallel); NaN for the free model.",
+  "nu": "The ν that gives β; in scheduled mode ν(1/τ(t)) of the schedule.",
+  "invariant": (
+    "MATH.md §3.3: I = log|γ| − γ²/2 + ∫_1^β 2b/(c β'(ν(b))²) db (reference β_ref = 1). "
+    "exp: (2/c) log β; exp_scaled: (2s²/c) log β; softplus: (2/c)[F(β) − F(1)] with "
+    "F(b) = b²/2 − b/(e^b − 1) + (1 + b) log(1 − e^{−b}) − Li₂(e^{−b}) (the exact antiderivative; "
+    "equal to quadrature to 1e-11). NaN for the free model, for fixed and scheduled τ (ν does not "
+    "follow the gradient), and where |γ| < 1e-200 (beyond float64). In capped mode, the same "
+    "formula: conserved until β reaches the cap."
+  ),
+  "matched_frac": "Share of i whose nearest text (largest ⟨h^x_i, h^y_j⟩) is its own.",
 }
 
 
@@ -85,22 +88,26 @@ def build(config: ConfigDict) -> tuple[dynamics.FlowSpec, dynamics.InitSpec, np.
   temp = config.temperature
   schedule = temp.schedule
   spec = dynamics.FlowSpec(
-      model=config.model,
-      reparam=Reparam(temp.reparam, float(temp.scale)),
-      mode=temp.mode,
-      rate=float(temp.lr_multiplier),
-      beta_cap=float(temp.beta_cap),
-      schedule_kind=schedule.kind,
-      tau_start=float(schedule.tau_start),
-      tau_end=float(schedule.tau_end),
-      schedule_time=float(schedule.t_end),
-      reduced_rhs=config.reduced_rhs,
+    model=config.model,
+    reparam=Reparam(temp.reparam, float(temp.scale)),
+    mode=temp.mode,
+    rate=float(temp.lr_multiplier),
+    beta_cap=float(temp.beta_cap),
+    schedule_kind=schedule.kind,
+    tau_start=float(schedule.tau_start),
+    tau_end=float(schedule.tau_end),
+    schedule_time=float(schedule.t_end),
+    reduced_rhs=config.reduced_rhs,
   )
-  init = dynamics.InitSpec(n=int(config.n), d=int(config.d), kind=config.init.kind,
-                           gamma0=float(config.init.gamma0), gap0=float(config.init.gap0),
-                           tau0=float(config.init.tau0))
-  grid = dynamics.time_grid(config.time.grid, float(config.time.t_max), int(config.time.num),
-                            float(config.time.t_min))
+  init = dynamics.InitSpec(
+    n=int(config.n),
+    d=int(config.d),
+    kind=config.init.kind,
+    gamma0=float(config.init.gamma0),
+    gap0=float(config.init.gap0),
+    tau0=float(config.init.tau0),
+  )
+  grid = dynamics.time_grid(config.time.grid, float(config.time.t_max), int(config.time.num), float(config.time.t_min))
   if int(config.batch) < 1:
     raise ConfigError(f"batch={config.batch!r} is out of range; it must be >= 1")
   for field in ("rtol", "atol"):
@@ -128,25 +135,35 @@ def _figures(workdir: str, runs: list[dict], config: ConfigDict) -> list[str]:
     t = first["records"]["t"][0]
     idx = _nearest(t, config.snapshot_times or (t[0], t[-1]))
     with jax.enable_x64(True):
-      feats = [dynamics.features(first["spec"], jax.tree.map(lambda x: x[0, k], first["states"]),
-                                 jax.tree.map(lambda x: x[0], first["data"])) for k in idx]
+      feats = [
+        dynamics.features(
+          first["spec"], jax.tree.map(lambda x: x[0, k], first["states"]), jax.tree.map(lambda x: x[0], first["data"])
+        )
+        for k in idx
+      ]
     images = [np.asarray(f[0]) for f in feats]
     texts = [np.asarray(f[1]) for f in feats]
-    plots.save(plots.sphere_snapshots([float(t[k]) for k in idx], images, texts),
-               os.path.join(workdir, "sphere_snapshots.png"))
+    plots.save(
+      plots.sphere_snapshots([float(t[k]) for k in idx], images, texts), os.path.join(workdir, "sphere_snapshots.png")
+    )
     written.append("sphere_snapshots.png")
 
   rise = analysis.gap_rise(first["records"]["t"], first["records"]["gap"], config.analysis.t_early)
-  plots.save(plots.gap_rise_histogram(np.asarray(rise["rises"]), rise["t_early"]),
-             os.path.join(workdir, "gap_rise_hist.png"))
+  plots.save(
+    plots.gap_rise_histogram(np.asarray(rise["rises"]), rise["t_early"]), os.path.join(workdir, "gap_rise_hist.png")
+  )
   written.append("gap_rise_hist.png")
 
   # Theorem 3.2 is about learned β = e^ν; runs whose γ falls exponentially would squash it.
-  theorem_runs = [r for r in runs if r["spec"].has_gamma and r["spec"].mode == "learned"
-                  and r["spec"].reparam.name == "exp" and r["spec"].rate == 1.0]
+  theorem_runs = [
+    r
+    for r in runs
+    if r["spec"].has_gamma and r["spec"].mode == "learned" and r["spec"].reparam.name == "exp" and r["spec"].rate == 1.0
+  ]
   theorem_runs = theorem_runs or [r for r in runs if r["spec"].has_gamma]
-  gamma_runs = [(r["name"], r["records"]["t"][0], r["records"]["gamma"]) for r in theorem_runs
-                if r["records"]["t"][0, -1] > 1e2]
+  gamma_runs = [
+    (r["name"], r["records"]["t"][0], r["records"]["gamma"]) for r in theorem_runs if r["records"]["t"][0, -1] > 1e2
+  ]
   if gamma_runs:
     plots.save(plots.gamma_vs_inverse_log2(gamma_runs), os.path.join(workdir, "gamma_vs_inv_log2.png"))
     written.append("gamma_vs_inv_log2.png")
@@ -169,14 +186,32 @@ def run(config: ConfigDict, workdir: str) -> dict:
   for name, cfg, spec, init, grid in tqdm(planned, desc="dynamics", unit="run", disable=len(planned) == 1):
     tic = time.time()
     state0, data = dynamics.initial_states(spec, init, jax.random.PRNGKey(int(cfg.seed)), int(cfg.batch))
-    records, states = dynamics.simulate(spec, state0, data, grid, rtol=float(cfg.solver.rtol),
-                                        atol=float(cfg.solver.atol), mxstep=float(cfg.solver.mxstep))
+    records, states = dynamics.simulate(
+      spec,
+      state0,
+      data,
+      grid,
+      rtol=float(cfg.solver.rtol),
+      atol=float(cfg.solver.atol),
+      mxstep=float(cfg.solver.mxstep),
+    )
     gap_rate0 = dynamics.initial_gap_velocity(spec, state0, data)
     run_checks = checks.check_run(cfg, spec, records, gap_rate0)
     seconds = time.time() - tic
     logging.info("dynamics run %s: %.1f s", name, seconds)
-    runs.append(dict(name=name, config=cfg, spec=spec, init=init, records=records, states=states,
-                     data=data, checks=run_checks, seconds=seconds))
+    runs.append(
+      dict(
+        name=name,
+        config=cfg,
+        spec=spec,
+        init=init,
+        records=records,
+        states=states,
+        data=data,
+        checks=run_checks,
+        seconds=seconds,
+      )
+    )
 
   stacked = {k: np.concatenate([r["records"][k] for r in runs], axis=0) for k in dynamics.TRAJECTORY_KEYS}
   with run_io.atomic_path(os.path.join(workdir, "trajectory.npz")) as tmp, open(tmp, "wb") as f:
@@ -187,21 +222,38 @@ def run(config: ConfigDict, workdir: str) -> dict:
   for r in runs:
     b = r["records"]["gap"].shape[0]
     spec = r["spec"]
-    rows.append(dict(name=r["name"], rows=[offset, offset + b], model=spec.model, reparam=spec.reparam.name,
-                     scale=spec.reparam.scale, mode=spec.mode, rate_c=spec.rate,
-                     beta_cap=spec.beta_cap if spec.mode == "capped" else None, init=r["config"].init.to_dict(),
-                     n=r["init"].n, d=r["init"].d, seconds=round(r["seconds"], 2), checks=r["checks"]))
+    rows.append(
+      dict(
+        name=r["name"],
+        rows=[offset, offset + b],
+        model=spec.model,
+        reparam=spec.reparam.name,
+        scale=spec.reparam.scale,
+        mode=spec.mode,
+        rate_c=spec.rate,
+        beta_cap=spec.beta_cap if spec.mode == "capped" else None,
+        init=r["config"].init.to_dict(),
+        n=r["init"].n,
+        d=r["init"].d,
+        seconds=round(r["seconds"], 2),
+        checks=r["checks"],
+      )
+    )
     offset += b
   summary = {
-      "preset": config.get("preset"),
-      "notes": NOTES,
-      "trajectory": {"keys": list(dynamics.TRAJECTORY_KEYS), "shape": list(stacked["t"].shape),
-                     "invariant_reference_beta": dynamics.BETA_REF, "gamma_floor": dynamics.GAMMA_FLOOR},
-      "runs": rows,
-      "findings": checks.findings(runs),
-      "figures": figures,
-      "seconds": round(time.time() - start, 2),
-      "config": config.to_dict(),
+    "preset": config.get("preset"),
+    "notes": NOTES,
+    "trajectory": {
+      "keys": list(dynamics.TRAJECTORY_KEYS),
+      "shape": list(stacked["t"].shape),
+      "invariant_reference_beta": dynamics.BETA_REF,
+      "gamma_floor": dynamics.GAMMA_FLOOR,
+    },
+    "runs": rows,
+    "findings": checks.findings(runs),
+    "figures": figures,
+    "seconds": round(time.time() - start, 2),
+    "config": config.to_dict(),
   }
   run_io.write_json(os.path.join(workdir, "summary.json"), summary)  # NaN → null: strict JSON
   return run_io.to_jsonable(summary)

@@ -27,13 +27,14 @@ flags.DEFINE_integer("num_processes", None, "Multi-host: the number of processes
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index in [0, num_processes).")
 
 
-
 def cluster_detected(environ=os.environ) -> bool:
   """Whether jax.distributed.initialize() can configure itself here: SLURM or Open MPI with
   more than one task, a Cloud TPU pod, or an explicit JAX_COORDINATOR_ADDRESS."""
   if int(environ.get("SLURM_NTASKS", "1")) > 1 or int(environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
     return True
   return "TPU_WORKER_HOSTNAMES" in environ or "JAX_COORDINATOR_ADDRESS" in environ
+
+
 flags.mark_flags_as_required(["config", "workdir"])
 
 TASKS = ("train", "dynamics", "study", "analyze")
@@ -44,15 +45,19 @@ def run_task(config, workdir: str) -> None:
   task = config.get("task", None)
   if task == "train":
     from modgap_jax import train
+
     train.train_and_evaluate(config, workdir)
   elif task == "study":
     from modgap_jax import study
+
     study.run_study(config, workdir)
   elif task == "dynamics":
     from experiments import dynamics_task
+
     dynamics_task.run(config, workdir)
   elif task == "analyze":
     from experiments import analyze_task
+
     analyze_task.run(config, workdir)
   else:
     raise ConfigError(f"config.task={task!r} is not valid; choose one of {', '.join(map(repr, TASKS))}")
@@ -75,8 +80,9 @@ def init_distributed(coordinator_address, num_processes, process_id) -> None:
     if not 0 <= process_id < num_processes:
       raise ConfigError(f"--process_id={process_id} must lie in [0, --num_processes={num_processes})")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+    jax.distributed.initialize(
+      coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
   elif cluster_detected():
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize()
@@ -148,8 +154,10 @@ def _check_config_path(argv) -> None:
     path = value.split(":", 1)[0]
     if not os.path.isfile(path):
       configs = sorted(f for f in os.listdir("configs") if f.endswith(".py")) if os.path.isdir("configs") else []
-      _fail(f"--config={path!r}: no such file; choose one of "
-            f"{', '.join('configs/' + f for f in configs) or 'a path to a config .py file'}")
+      _fail(
+        f"--config={path!r}: no such file; choose one of "
+        f"{', '.join('configs/' + f for f in configs) or 'a path to a config .py file'}"
+      )
     _check_config_file(value)
 
 
@@ -165,8 +173,10 @@ def _parse_flags(argv):
   except (AttributeError, KeyError) as e:  # config_flags: an unknown --config.<field>
     overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
     name = str(e.args[0] if e.args else e).strip("'\"")
-    print(f"error: no such config field '{name}'; check {', '.join(overrides)} against the config file's fields",
-          file=sys.stderr)
+    print(
+      f"error: no such config field '{name}'; check {', '.join(overrides)} against the config file's fields",
+      file=sys.stderr,
+    )
     sys.exit(2)
   except flags.Error as e:
     print(f"error: {_one_line(e)}", file=sys.stderr)

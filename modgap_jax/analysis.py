@@ -59,10 +59,29 @@ RECALL_KS = (1, 5, 10)
 NORM_TOLERANCE = 1e-4
 # Keys of the headline table of compare mode, in order.
 COMPARE_KEYS = (
-    "gap", "gap_512", "alignment", "loss", "uniformity_w2_union", "uniformity_wi_union", "i2t_r1", "t2i_r1",
-    "zeroshot_top1", "linear_probe_top1", "cone_image", "cone_text", "cross_cosine", "paired_cosine",
-    "gap_dims_50", "gap_dims_90", "modality_separability", "effective_rank_image", "effective_rank_text",
-    "shift_best_lambda", "shift_best_loss", "parallel_gamma", "parallel_r2",
+  "gap",
+  "gap_512",
+  "alignment",
+  "loss",
+  "uniformity_w2_union",
+  "uniformity_wi_union",
+  "i2t_r1",
+  "t2i_r1",
+  "zeroshot_top1",
+  "linear_probe_top1",
+  "cone_image",
+  "cone_text",
+  "cross_cosine",
+  "paired_cosine",
+  "gap_dims_50",
+  "gap_dims_90",
+  "modality_separability",
+  "effective_rank_image",
+  "effective_rank_text",
+  "shift_best_lambda",
+  "shift_best_loss",
+  "parallel_gamma",
+  "parallel_r2",
 )
 
 
@@ -138,8 +157,9 @@ def _histogram_blocks(rows, columns, *, bins: int, chunk_size: int, exclude_self
   return lax.map(block_counts, (_chunked(_acc(rows), block, 0.0), ids))
 
 
-def cosine_histogram(rows, columns, *, bins: int = 100, chunk_size: int = 1024,
-                     exclude_self: bool = False) -> np.ndarray:
+def cosine_histogram(
+  rows, columns, *, bins: int = 100, chunk_size: int = 1024, exclude_self: bool = False
+) -> np.ndarray:
   """int64 [bins] counts of the cosines ⟨r_i, c_j⟩ of unit rows over [−1, 1].
 
   ``exclude_self`` drops the pairs i = j (for a set against itself: distinct pairs only).
@@ -214,11 +234,11 @@ def parallel_fit(image_proj: np.ndarray, text_proj: np.ndarray, beta: float) -> 
   ss_res = np.sum((a - offset - gamma) ** 2) + np.sum((b - offset + gamma) ** 2)
   ss_tot = np.sum((union - union.mean()) ** 2)
   return {
-      "parallel_gamma": float(gamma),
-      "parallel_offset": float(offset),
-      "parallel_r2": float(1.0 - ss_res / ss_tot) if ss_tot > 0 else 1.0,
-      "parallel_residual_rms": float(np.sqrt(ss_res / union.size)),
-      "parallel_kappa": float(beta * (1.0 - gamma ** 2)),
+    "parallel_gamma": float(gamma),
+    "parallel_offset": float(offset),
+    "parallel_r2": float(1.0 - ss_res / ss_tot) if ss_tot > 0 else 1.0,
+    "parallel_residual_rms": float(np.sqrt(ss_res / union.size)),
+    "parallel_kappa": float(beta * (1.0 - gamma**2)),
   }
 
 
@@ -248,11 +268,11 @@ def _check_finite_nonzero(name: str, x: np.ndarray) -> np.ndarray:
 def _check_indices(name: str, v, length: int, length_name: str, upper: int, upper_name: str) -> np.ndarray:
   v = np.asarray(v)
   if v.shape != (length,) or not (np.issubdtype(v.dtype, np.integer) or v.size == 0):
-    raise errors.ConfigError(f"{name} must be an int array of shape [{length_name}] = ({length},); "
-                             f"got shape {v.shape}, dtype {v.dtype}")
+    raise errors.ConfigError(
+      f"{name} must be an int array of shape [{length_name}] = ({length},); got shape {v.shape}, dtype {v.dtype}"
+    )
   if v.size and (v.min() < 0 or v.max() >= upper):
-    raise errors.ConfigError(f"{name} values must lie in [0, {upper_name}) = [0, {upper}); "
-                             f"got [{v.min()}, {v.max()}]")
+    raise errors.ConfigError(f"{name} values must lie in [0, {upper_name}) = [0, {upper}); got [{v.min()}, {v.max()}]")
   return v.astype(np.int64)
 
 
@@ -287,8 +307,15 @@ def validate_inputs(image_emb, text_emb, text_to_image=None, labels=None, class_
   norms_y = _check_finite_nonzero("text_emb", y)
   if not np.bincount(t2i, minlength=n).any():
     raise errors.ConfigError("text_to_image leaves every image without a caption")
-  return {"image": x.astype(np.float32), "text": y.astype(np.float32), "text_to_image": t2i, "labels": labels,
-          "class_text_emb": class_text_emb, "norms_image": norms_x, "norms_text": norms_y}
+  return {
+    "image": x.astype(np.float32),
+    "text": y.astype(np.float32),
+    "text_to_image": t2i,
+    "labels": labels,
+    "class_text_emb": class_text_emb,
+    "norms_image": norms_x,
+    "norms_text": norms_y,
+  }
 
 
 def one_to_one_pairs(text_to_image: np.ndarray, num_images: int) -> tuple[np.ndarray, np.ndarray]:
@@ -347,8 +374,9 @@ def _probe_on_labels(image_emb, labels, *, seed: int, l2: float, steps: int) -> 
   if len(labels) < 2:
     return None
   train, test = _split_halves(len(labels), seed, salt=2)
-  return metrics.linear_probe_accuracy(image_emb[train], labels[train], image_emb[test], labels[test], l2=l2,
-                                       steps=steps)
+  return metrics.linear_probe_accuracy(
+    image_emb[train], labels[train], image_emb[test], labels[test], l2=l2, steps=steps
+  )
 
 
 def _zero_shot(image_emb, labels, class_text_emb) -> float:
@@ -374,10 +402,24 @@ def shift_grid(num: int = 41, low: float = -1.0, high: float = 1.0) -> np.ndarra
   return np.linspace(low, high, num)
 
 
-def analyze(image_emb, text_emb, *, text_to_image=None, labels=None, class_text_emb=None, beta: float = 100.0,
-            lambdas: Sequence[float] | None = None, chunk_size: int = 1024, hist_bins: int = 100,
-            hist_max_rows: int = 10000, gap_pairs: int = 512, probe_l2: float = 1e-3, probe_steps: int = 300,
-            seed: int = 0, progress: Callable[[Sequence], Sequence] | None = None) -> dict[str, Any]:
+def analyze(
+  image_emb,
+  text_emb,
+  *,
+  text_to_image=None,
+  labels=None,
+  class_text_emb=None,
+  beta: float = 100.0,
+  lambdas: Sequence[float] | None = None,
+  chunk_size: int = 1024,
+  hist_bins: int = 100,
+  hist_max_rows: int = 10000,
+  gap_pairs: int = 512,
+  probe_l2: float = 1e-3,
+  probe_steps: int = 300,
+  seed: int = 0,
+  progress: Callable[[Sequence], Sequence] | None = None,
+) -> dict[str, Any]:
   """Every measurement of the module docstring on one set of embeddings.
 
   Args:
@@ -415,8 +457,14 @@ def analyze(image_emb, text_emb, *, text_to_image=None, labels=None, class_text_
   m = y.shape[0]
   paired_x = x[t2i]  # caption pairs
   pair_img, pair_txt = one_to_one_pairs(t2i, n)
-  out: dict[str, Any] = {"n_images": n, "n_texts": m, "n_pairs_one_to_one": int(len(pair_img)), "dim": d,
-                         "beta": float(beta), "seed": int(seed)}
+  out: dict[str, Any] = {
+    "n_images": n,
+    "n_texts": m,
+    "n_pairs_one_to_one": int(len(pair_img)),
+    "dim": d,
+    "beta": float(beta),
+    "seed": int(seed),
+  }
   out.update(_norm_summary(inputs["norms_image"], inputs["norms_text"]))
 
   # MATH.md §2, with the conventions of modgap_jax.evaluation.
@@ -427,14 +475,16 @@ def analyze(image_emb, text_emb, *, text_to_image=None, labels=None, class_text_
   union = np.concatenate([x, y])
   for name, emb in (("image", x), ("text", y), ("union", union)):
     out[f"uniformity_w2_{name}"] = float(metrics.uniformity_w2(emb))
-    out[f"uniformity_wi_{name}"] = (float(metrics.uniformity_wang_isola(emb, chunk_size=chunk_size))
-                                    if len(emb) >= 2 else None)
+    out[f"uniformity_wi_{name}"] = (
+      float(metrics.uniformity_wang_isola(emb, chunk_size=chunk_size)) if len(emb) >= 2 else None
+    )
   out["uniformity_w2"], out["uniformity_wi"] = out["uniformity_w2_union"], out["uniformity_wi_union"]
   out.update(metrics.retrieval_recall(x, y, RECALL_KS, t2i, chunk_size=chunk_size))
   out["loss"] = float(clip_loss_chunked(x[pair_img], y[pair_txt], beta, chunk_size=chunk_size))
-  out["zeroshot_top1"] = (_zero_shot(x, labels, class_emb) if class_emb is not None else None)
-  out["linear_probe_top1"] = (_probe_on_labels(x, labels, seed=seed, l2=probe_l2, steps=probe_steps)
-                              if labels is not None else None)
+  out["zeroshot_top1"] = _zero_shot(x, labels, class_emb) if class_emb is not None else None
+  out["linear_probe_top1"] = (
+    _probe_on_labels(x, labels, seed=seed, l2=probe_l2, steps=probe_steps) if labels is not None else None
+  )
 
   # The cone effect.
   out["cone_image"] = mean_distinct_cosine(x)
@@ -445,20 +495,20 @@ def analyze(image_emb, text_emb, *, text_to_image=None, labels=None, class_text_
   hy = y[_subsample(m, hist_max_rows, seed, salt=4)]
   hist = dict(bins=hist_bins, chunk_size=chunk_size)
   out["cosine_hist"] = {
-      "edges": np.linspace(-1.0, 1.0, hist_bins + 1).tolist(),
-      "image": cosine_histogram(hx, hx, exclude_self=True, **hist).tolist(),
-      "text": cosine_histogram(hy, hy, exclude_self=True, **hist).tolist(),
-      "cross": cosine_histogram(hx, hy, **hist).tolist(),
-      "paired": np.histogram(np.clip(np.sum(paired_x * y, axis=1), -1, 1), bins=hist_bins,
-                             range=(-1.0, 1.0))[0].tolist(),
-      "rows_image": int(len(hx)), "rows_text": int(len(hy)),
+    "edges": np.linspace(-1.0, 1.0, hist_bins + 1).tolist(),
+    "image": cosine_histogram(hx, hx, exclude_self=True, **hist).tolist(),
+    "text": cosine_histogram(hy, hy, exclude_self=True, **hist).tolist(),
+    "cross": cosine_histogram(hx, hy, **hist).tolist(),
+    "paired": np.histogram(np.clip(np.sum(paired_x * y, axis=1), -1, 1), bins=hist_bins, range=(-1.0, 1.0))[0].tolist(),
+    "rows_image": int(len(hx)),
+    "rows_text": int(len(hy)),
   }
 
   # Where the gap lives.
   g = np.asarray(metrics.gap_vector(paired_x, y), np.float64)
   share, order, dims50, dims90 = gap_spectrum(g)
   out["gap_share"] = share.tolist()
-  out["gap_dims_order"] = order[:min(d, 64)].tolist()
+  out["gap_dims_order"] = order[: min(d, 64)].tolist()
   out["gap_dims_50"], out["gap_dims_90"] = dims50, dims90
   for q, k in (("50", dims50), ("90", dims90)):
     keep = np.ones(d, np.float32)
@@ -469,14 +519,16 @@ def analyze(image_emb, text_emb, *, text_to_image=None, labels=None, class_text_
     out[f"gap_removed_{q}"] = removed
 
   # Separability.
-  out["modality_separability"] = modality_separability(x[pair_img], y[pair_txt], seed=seed, l2=probe_l2,
-                                                       steps=probe_steps)
+  out["modality_separability"] = modality_separability(
+    x[pair_img], y[pair_txt], seed=seed, l2=probe_l2, steps=probe_steps
+  )
   out["effective_rank_image"] = effective_rank(x)
   out["effective_rank_text"] = effective_rank(y)
 
   # The gap-shift experiment.
-  out["shift"] = gap_shift_curve(x, y, t2i, g, lambdas, beta=beta, labels=labels, class_text_emb=class_emb,
-                                 chunk_size=chunk_size, progress=progress)
+  out["shift"] = gap_shift_curve(
+    x, y, t2i, g, lambdas, beta=beta, labels=labels, class_text_emb=class_emb, chunk_size=chunk_size, progress=progress
+  )
   best = int(np.argmin(out["shift"]["loss"]))
   out["shift_best_lambda"] = out["shift"]["lambda"][best]
   out["shift_best_loss"] = out["shift"]["loss"][best]
@@ -489,9 +541,19 @@ def analyze(image_emb, text_emb, *, text_to_image=None, labels=None, class_text_
   return out
 
 
-def gap_shift_curve(x: np.ndarray, y: np.ndarray, text_to_image: np.ndarray, gap_vec: np.ndarray,
-                    lambdas: Sequence[float], *, beta: float, labels=None, class_text_emb=None,
-                    chunk_size: int = 1024, progress=None) -> dict[str, list]:
+def gap_shift_curve(
+  x: np.ndarray,
+  y: np.ndarray,
+  text_to_image: np.ndarray,
+  gap_vec: np.ndarray,
+  lambdas: Sequence[float],
+  *,
+  beta: float,
+  labels=None,
+  class_text_emb=None,
+  chunk_size: int = 1024,
+  progress=None,
+) -> dict[str, list]:
   """Per λ: CLIP loss (one-to-one pairs), R@1 both ways, Δ, and zero-shot top-1 if classes are given.
 
   Images, captions and class prompts move by ``shift_along_gap``: images by −λg/2, every text

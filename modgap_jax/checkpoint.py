@@ -47,16 +47,21 @@ class Checkpointer:
         state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
       except Exception as e:  # orbax surfaces damage as many exception types
         reason = (str(e).strip().splitlines() or [""])[0][:160]
-        print(f"warning: checkpoint {step} in {self.directory} is unreadable ({type(e).__name__}: {reason}); "
-              "falling back to the one before", file=sys.stderr)
+        print(
+          f"warning: checkpoint {step} in {self.directory} is unreadable ({type(e).__name__}: {reason}); "
+          "falling back to the one before",
+          file=sys.stderr,
+        )
         damaged.append(step)
         continue
       for bad in damaged:  # the resumed run will save these steps again
         self._manager.delete(bad)
       return state
     if steps:
-      raise ConfigError(f"no readable checkpoint in {self.directory} (steps {', '.join(map(str, steps))}); "
-                        "move the workdir away to start afresh")
+      raise ConfigError(
+        f"no readable checkpoint in {self.directory} (steps {', '.join(map(str, steps))}); "
+        "move the workdir away to start afresh"
+      )
     return None
 
   def is_due(self, step: int) -> bool:

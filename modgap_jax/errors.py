@@ -22,8 +22,15 @@ def check_choice(field: str, value: Any, choices: Iterable[Any]) -> Any:
   return value
 
 
-def check_range(field: str, value: float, low: float | None = None, high: float | None = None,
-                *, low_inclusive: bool = True, high_inclusive: bool = True) -> float:
+def check_range(
+  field: str,
+  value: float,
+  low: float | None = None,
+  high: float | None = None,
+  *,
+  low_inclusive: bool = True,
+  high_inclusive: bool = True,
+) -> float:
   """Returns ``value`` if it lies in the interval; raises a one-line ConfigError otherwise."""
   ok = True
   if low is not None:
@@ -44,10 +51,15 @@ class NonFiniteError(RuntimeError):
   EXIT_CODE = 3
 
   def __init__(self, step: int, what: str, last_checkpoint: int | None, checkpoint_dir: str):
-    saved = (f"the last good checkpoint is step {last_checkpoint} in {checkpoint_dir}" if last_checkpoint is not None
-             else "no checkpoint was saved before it")
-    super().__init__(f"non-finite {what} at step {step}; nothing from step {step} on was saved or logged; {saved}. "
-                     "Lower optimizer.learning_rate, or set --config.nonfinite=skip to drop such updates")
+    saved = (
+      f"the last good checkpoint is step {last_checkpoint} in {checkpoint_dir}"
+      if last_checkpoint is not None
+      else "no checkpoint was saved before it"
+    )
+    super().__init__(
+      f"non-finite {what} at step {step}; nothing from step {step} on was saved or logged; {saved}. "
+      "Lower optimizer.learning_rate, or set --config.nonfinite=skip to drop such updates"
+    )
     self.step = step
 
 

@@ -12,8 +12,22 @@ import numpy as np
 
 from modgap_jax import losses, metrics
 
-EVAL_KEYS = ("loss", "gap", "gap_512", "uniformity_w2", "uniformity_wi", "alignment", "i2t_r1", "i2t_r5",
-             "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "zeroshot_top1", "linear_probe_top1")
+EVAL_KEYS = (
+  "loss",
+  "gap",
+  "gap_512",
+  "uniformity_w2",
+  "uniformity_wi",
+  "alignment",
+  "i2t_r1",
+  "i2t_r5",
+  "i2t_r10",
+  "t2i_r1",
+  "t2i_r5",
+  "t2i_r10",
+  "zeroshot_top1",
+  "linear_probe_top1",
+)
 
 
 def first_caption_of_each_image(text_to_image: np.ndarray, num_images: int) -> np.ndarray:
@@ -26,8 +40,9 @@ def first_caption_of_each_image(text_to_image: np.ndarray, num_images: int) -> n
   return first
 
 
-def eval_loss(image_emb: np.ndarray, text_emb: np.ndarray, text_to_image: np.ndarray, beta: float,
-              batch_size: int) -> float:
+def eval_loss(
+  image_emb: np.ndarray, text_emb: np.ndarray, text_to_image: np.ndarray, beta: float, batch_size: int
+) -> float:
   """Mean CLIP loss over consecutive batches of (image, first caption) pairs.
 
   Batches of the training size keep the number the same kind of quantity as the training loss
@@ -42,14 +57,25 @@ def eval_loss(image_emb: np.ndarray, text_emb: np.ndarray, text_to_image: np.nda
     stop = min(start + size, n)
     if stop - start < 2:
       break
-    values.append(float(losses.clip_loss(jnp.asarray(image_emb[start:stop]), jnp.asarray(paired_text[start:stop]),
-                                         jnp.float32(beta))))
+    values.append(
+      float(
+        losses.clip_loss(jnp.asarray(image_emb[start:stop]), jnp.asarray(paired_text[start:stop]), jnp.float32(beta))
+      )
+    )
     weights.append(stop - start)
   return float(np.average(values, weights=weights))
 
 
-def embedding_metrics(image_emb: np.ndarray, text_emb: np.ndarray, text_to_image: np.ndarray, *,
-                      beta: float, loss_batch_size: int, gap_pairs: int = 512, seed: int = 0) -> dict[str, float]:
+def embedding_metrics(
+  image_emb: np.ndarray,
+  text_emb: np.ndarray,
+  text_to_image: np.ndarray,
+  *,
+  beta: float,
+  loss_batch_size: int,
+  gap_pairs: int = 512,
+  seed: int = 0,
+) -> dict[str, float]:
   """Loss, gaps, uniformities, alignment and recalls of one split (MATH.md §2).
 
   Args:
@@ -68,8 +94,10 @@ def embedding_metrics(image_emb: np.ndarray, text_emb: np.ndarray, text_to_image
   text_to_image = np.asarray(text_to_image)
   paired_images = image_emb[text_to_image]
   # Gap and alignment over caption pairs; uniformity over each set of distinct embeddings.
-  out = {"gap": float(metrics.modality_gap(paired_images, text_emb)),
-         "alignment": float(metrics.alignment(paired_images, text_emb))}
+  out = {
+    "gap": float(metrics.modality_gap(paired_images, text_emb)),
+    "alignment": float(metrics.alignment(paired_images, text_emb)),
+  }
   sample = np.random.default_rng(seed).choice(len(text_emb), size=min(gap_pairs, len(text_emb)), replace=False)
   out["gap_512"] = float(metrics.modality_gap(paired_images[sample], text_emb[sample]))
   union = np.concatenate([image_emb, text_emb], axis=0)
@@ -83,9 +111,15 @@ def embedding_metrics(image_emb: np.ndarray, text_emb: np.ndarray, text_to_image
   return out
 
 
-def classification_metrics(image_emb: np.ndarray, labels: np.ndarray | None, class_text_emb: np.ndarray | None,
-                           probe_train: tuple[np.ndarray, np.ndarray] | None, *, probe_l2: float,
-                           probe_steps: int) -> dict[str, float]:
+def classification_metrics(
+  image_emb: np.ndarray,
+  labels: np.ndarray | None,
+  class_text_emb: np.ndarray | None,
+  probe_train: tuple[np.ndarray, np.ndarray] | None,
+  *,
+  probe_l2: float,
+  probe_steps: int,
+) -> dict[str, float]:
   """Zero-shot top-1 from class prompts, and linear-probe top-1 trained on ``probe_train``.
 
   Each is NaN when its inputs are absent (a dataset without labels, or the metric turned off).
@@ -97,6 +131,7 @@ def classification_metrics(image_emb: np.ndarray, labels: np.ndarray | None, cla
     out["zeroshot_top1"] = float(metrics.zero_shot_accuracy(image_emb, labels, class_text_emb))
   if probe_train is not None:
     train_feats, train_labels = probe_train
-    out["linear_probe_top1"] = metrics.linear_probe_accuracy(train_feats, train_labels, image_emb, labels,
-                                                             l2=probe_l2, steps=probe_steps)
+    out["linear_probe_top1"] = metrics.linear_probe_accuracy(
+      train_feats, train_labels, image_emb, labels, l2=probe_l2, steps=probe_steps
+    )
   return out

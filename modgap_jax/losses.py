@@ -37,6 +37,7 @@ class ClipLossStats(NamedTuple):
     positive_logit: mean of the n diagonal logits β⟨h^x_i, h^y_i⟩.
     negative_logit: mean of the n(n−1) off-diagonal logits.
   """
+
   loss: jax.Array
   loss_image_to_text: jax.Array
   loss_text_to_image: jax.Array
@@ -73,8 +74,9 @@ def _share_of_global(local_value: jax.Array, axis_name: str | None) -> jax.Array
   return local_value + lax.stop_gradient(lax.psum(local_value, axis_name) - local_value)
 
 
-def clip_loss_with_stats(image_emb: jax.Array, text_emb: jax.Array, beta: jax.Array, *,
-                         axis_name: str | None = None) -> ClipLossStats:
+def clip_loss_with_stats(
+  image_emb: jax.Array, text_emb: jax.Array, beta: jax.Array, *, axis_name: str | None = None
+) -> ClipLossStats:
   """The CLIP loss of MATH.md §1 together with its per-direction parts and logit means.
 
   Args:
@@ -111,16 +113,15 @@ def clip_loss_with_stats(image_emb: jax.Array, text_emb: jax.Array, beta: jax.Ar
     positive_sum, i2t_logit_sum = lax.psum((positive_sum, i2t_logit_sum), axis_name)
   negative_mean = (i2t_logit_sum - positive_sum) / max(n * (n - 1), 1)
   return ClipLossStats(
-      loss=0.5 * (loss_i2t + loss_t2i),
-      loss_image_to_text=loss_i2t,
-      loss_text_to_image=loss_t2i,
-      positive_logit=positive_sum / n,
-      negative_logit=negative_mean,
+    loss=0.5 * (loss_i2t + loss_t2i),
+    loss_image_to_text=loss_i2t,
+    loss_text_to_image=loss_t2i,
+    positive_logit=positive_sum / n,
+    negative_logit=negative_mean,
   )
 
 
-def clip_loss(image_emb: jax.Array, text_emb: jax.Array, beta: jax.Array, *,
-              axis_name: str | None = None) -> jax.Array:
+def clip_loss(image_emb: jax.Array, text_emb: jax.Array, beta: jax.Array, *, axis_name: str | None = None) -> jax.Array:
   """L = (1/2n) Σ_i [−log softmax_j(Z_i·)_i − log softmax_j(Z_·i)_i], Z = β H_X H_Yᵀ (MATH.md §1).
 
   ``image_emb`` and ``text_emb`` are L2-normalised [n, d] rows (the local rows under pmap

@@ -19,8 +19,15 @@ from modgap_jax.errors import ConfigError, check_choice, check_range
 
 TS_END = {"S0": 0.02, "S1": 0.03, "S2": 0.04, "S3": 0.05}
 TS_START = 0.01
-METHOD_SYNTAX = ("baseline", "flt=<tau>", "ts=S0|S1|S2|S3", "tr=softplus|exp_scaled[:s]", "slrt[=c]", "hs=<p>",
-                 "ss=<p>")
+METHOD_SYNTAX = (
+  "baseline",
+  "flt=<tau>",
+  "ts=S0|S1|S2|S3",
+  "tr=softplus|exp_scaled[:s]",
+  "slrt[=c]",
+  "hs=<p>",
+  "ss=<p>",
+)
 
 
 def _float(field: str, text: str) -> float:
@@ -62,9 +69,17 @@ def apply_method(config: ml_collections.ConfigDict, method: str) -> ml_collectio
 
 def temperature_defaults() -> ml_collections.ConfigDict:
   """CLIP's temperature (MATH.md §1): learned, β = e^ν, τ₀ = 0.07, β capped at 100."""
-  return ml_collections.ConfigDict(dict(
-      mode="learned", reparam="exp", scale=2.0, tau_init=0.07, beta_cap=100.0, lr_multiplier=1.0,
-      schedule=dict(kind="linear", tau_start=TS_START, tau_end=TS_END["S3"])))
+  return ml_collections.ConfigDict(
+    dict(
+      mode="learned",
+      reparam="exp",
+      scale=2.0,
+      tau_init=0.07,
+      beta_cap=100.0,
+      lr_multiplier=1.0,
+      schedule=dict(kind="linear", tau_start=TS_START, tau_end=TS_END["S3"]),
+    )
+  )
 
 
 def swap_defaults() -> ml_collections.ConfigDict:

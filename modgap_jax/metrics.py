@@ -122,8 +122,7 @@ def uniformity_w2(emb, *, normalize: bool = True) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("t", "chunk_size", "normalize"))
-def uniformity_wang_isola(emb, t: float = 2.0, *, chunk_size: int = 1024,
-                          normalize: bool = True) -> jax.Array:
+def uniformity_wang_isola(emb, t: float = 2.0, *, chunk_size: int = 1024, normalize: bool = True) -> jax.Array:
   """Uniformity U_WI = log mean_{i≠j} exp(−t ‖x_i − x_j‖²) (MATH.md §2, Wang & Isola).
 
   Computed block by block over ``chunk_size`` rows at a time (a [chunk_size, n] distance
@@ -256,8 +255,15 @@ def _same_device(*arrays):
   return [jax.device_put(a, target) for a in arrays]
 
 
-def retrieval_recall(image_emb, text_emb, ks: Sequence[int] = (1, 5, 10), text_to_image=None,
-                     *, chunk_size: int = 1024, axis_name: str | None = None) -> dict[str, float]:
+def retrieval_recall(
+  image_emb,
+  text_emb,
+  ks: Sequence[int] = (1, 5, 10),
+  text_to_image=None,
+  *,
+  chunk_size: int = 1024,
+  axis_name: str | None = None,
+) -> dict[str, float]:
   """Recall@K in both directions (MATH.md §2), without building the [N_img, N_txt] matrix.
 
   Image → text: an image hits at K if *any* of its captions is among its top-K texts.
@@ -298,15 +304,15 @@ def retrieval_recall(image_emb, text_emb, ks: Sequence[int] = (1, 5, 10), text_t
   n_img, n_txt = image_emb.shape[0], text_emb.shape[0]
   if text_to_image is None:
     if n_img != n_txt:
-      raise errors.ConfigError(
-          f"text_to_image is None but N_img={n_img} != N_txt={n_txt}; pass text_to_image")
+      raise errors.ConfigError(f"text_to_image is None but N_img={n_img} != N_txt={n_txt}; pass text_to_image")
     text_to_image = np.arange(n_txt)
   text_to_image = np.asarray(text_to_image)
   if text_to_image.shape != (n_txt,):
     raise errors.ConfigError(f"text_to_image must have shape ({n_txt},); got {text_to_image.shape}")
   if n_txt and (text_to_image.min() < 0 or text_to_image.max() >= n_img):
-    raise errors.ConfigError(f"text_to_image values must lie in [0, {n_img}); got "
-                             f"[{text_to_image.min()}, {text_to_image.max()}]")
+    raise errors.ConfigError(
+      f"text_to_image values must lie in [0, {n_img}); got [{text_to_image.min()}, {text_to_image.max()}]"
+    )
   if chunk_size < 1:
     raise errors.ConfigError(f"chunk_size={chunk_size} must be positive")
   ks = tuple(int(k) for k in ks)
@@ -317,21 +323,17 @@ def retrieval_recall(image_emb, text_emb, ks: Sequence[int] = (1, 5, 10), text_t
   image_emb, text_emb = _acc(image_emb), _acc(text_emb)
   text_to_image = jnp.asarray(text_to_image, jnp.int32)
   if not traced:
-    image_emb, text_emb, text_to_image, own_captions = _same_device(image_emb, text_emb, text_to_image,
-                                                                   own_captions)
+    image_emb, text_emb, text_to_image, own_captions = _same_device(image_emb, text_emb, text_to_image, own_captions)
 
   b_img = min(chunk_size, max(n_img, 1))
   b_txt = min(chunk_size, max(n_txt, 1))
   # Padding image rows own no caption (−1); padding captions point at image 0. Both are
   # dropped below.
-  i2t_rank = _image_to_text_ranks(
-      _chunked(image_emb, b_img, 0.0), _chunked(own_captions, b_img, -1), text_emb)
-  t2i_rank = _text_to_image_ranks(
-      _chunked(text_emb, b_txt, 0.0), _chunked(text_to_image, b_txt, 0), image_emb)
+  i2t_rank = _image_to_text_ranks(_chunked(image_emb, b_img, 0.0), _chunked(own_captions, b_img, -1), text_emb)
+  t2i_rank = _text_to_image_ranks(_chunked(text_emb, b_txt, 0.0), _chunked(text_to_image, b_txt, 0), image_emb)
   if traced:
     i2t_rank, t2i_rank = i2t_rank[:n_img], t2i_rank[:n_txt]
-    return {name: jnp.mean(rank < k) for k in ks
-            for name, rank in ((f"i2t_r{k}", i2t_rank), (f"t2i_r{k}", t2i_rank))}
+    return {name: jnp.mean(rank < k) for k in ks for name, rank in ((f"i2t_r{k}", i2t_rank), (f"t2i_r{k}", t2i_rank))}
   i2t_rank = np.asarray(i2t_rank)[:n_img]
   t2i_rank = np.asarray(t2i_rank)[:n_txt]
 
@@ -391,8 +393,9 @@ def _probe_objective(params, feats, onehot, l2):
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
-def fit_softmax_regression(feats, labels, num_classes: int, l2: float = 1e-4,
-                           steps: int = 500, tol: float = 1e-6) -> dict[str, jax.Array]:
+def fit_softmax_regression(
+  feats, labels, num_classes: int, l2: float = 1e-4, steps: int = 500, tol: float = 1e-6
+) -> dict[str, jax.Array]:
   """Multinomial logistic regression by full-batch L-BFGS from zero (deterministic).
 
   Minimises (1/n) Σ_i −log softmax(W x_i + b)_{y_i} + (l2/2) ‖W‖²_F, the bias unpenalised.
@@ -406,8 +409,7 @@ def fit_softmax_regression(feats, labels, num_classes: int, l2: float = 1e-4,
 
   feats = _acc(feats)
   onehot = jax.nn.one_hot(labels, num_classes, dtype=feats.dtype)
-  params = {"w": jnp.zeros((feats.shape[1], num_classes), feats.dtype),
-            "b": jnp.zeros((num_classes,), feats.dtype)}
+  params = {"w": jnp.zeros((feats.shape[1], num_classes), feats.dtype), "b": jnp.zeros((num_classes,), feats.dtype)}
   objective = lambda p: _probe_objective(p, feats, onehot, l2)
   value_and_grad = optax.value_and_grad_from_state(objective)
   opt = optax.lbfgs()
@@ -429,8 +431,9 @@ def fit_softmax_regression(feats, labels, num_classes: int, l2: float = 1e-4,
   return params
 
 
-def linear_probe_accuracy(train_feats, train_labels, test_feats, test_labels, *,
-                          l2: float = 1e-4, steps: int = 500) -> float:
+def linear_probe_accuracy(
+  train_feats, train_labels, test_feats, test_labels, *, l2: float = 1e-4, steps: int = 500
+) -> float:
   """Test top-1 accuracy of a softmax-regression probe on frozen features (MATH.md §2).
 
   Features are standardised with the training mean and std; the probe is

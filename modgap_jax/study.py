@@ -39,25 +39,25 @@ from modgap_jax.errors import ConfigError, Preempted, check_choice
 # The paper's Table 2 (CLIP RN50 on MSCOCO, mean of 3 seeds; accuracies and R@1 in percent).
 # "t2i" is the paper's image retrieval R@1, "i2t" its text retrieval R@1.
 PAPER_TABLE2 = {
-    "baseline": dict(gap=0.294, uniformity=-1.165, zeroshot=13.65, probe=65.55, t2i=68.23, i2t=78.37),
-    "flt=0.04": dict(gap=0.122, uniformity=-1.183, zeroshot=14.40, probe=61.98, t2i=73.44, i2t=82.66),
-    "ts=S3": dict(gap=0.088, uniformity=-1.108, zeroshot=17.17, probe=67.50, t2i=75.72, i2t=85.31),
-    "tr=softplus": dict(gap=0.284, uniformity=-1.153, zeroshot=14.86, probe=66.46, t2i=70.06, i2t=80.10),
-    "slrt": dict(gap=0.268, uniformity=-1.152, zeroshot=15.13, probe=66.63, t2i=70.32, i2t=80.40),
-    "hs": dict(gap=0.225, uniformity=-1.156, zeroshot=13.91, probe=65.95, t2i=69.72, i2t=79.74),
-    "ss=5e-2": dict(gap=0.139, uniformity=-1.152, zeroshot=14.33, probe=64.94, t2i=68.91, i2t=79.16),
+  "baseline": dict(gap=0.294, uniformity=-1.165, zeroshot=13.65, probe=65.55, t2i=68.23, i2t=78.37),
+  "flt=0.04": dict(gap=0.122, uniformity=-1.183, zeroshot=14.40, probe=61.98, t2i=73.44, i2t=82.66),
+  "ts=S3": dict(gap=0.088, uniformity=-1.108, zeroshot=17.17, probe=67.50, t2i=75.72, i2t=85.31),
+  "tr=softplus": dict(gap=0.284, uniformity=-1.153, zeroshot=14.86, probe=66.46, t2i=70.06, i2t=80.10),
+  "slrt": dict(gap=0.268, uniformity=-1.152, zeroshot=15.13, probe=66.63, t2i=70.32, i2t=80.40),
+  "hs": dict(gap=0.225, uniformity=-1.156, zeroshot=13.91, probe=65.95, t2i=69.72, i2t=79.74),
+  "ss=5e-2": dict(gap=0.139, uniformity=-1.152, zeroshot=14.33, probe=64.94, t2i=68.91, i2t=79.16),
 }
 # The paper's Table 3 (the FLT sweep), and its full hard swap p = 1 (reported in the text
 # beside Table 3, without a text R@1).
 PAPER_TABLE3 = {
-    "flt=0.01": dict(gap=0.669, t2i=69.89, i2t=80.68, probe=69.44),
-    "flt=0.02": dict(gap=0.334, t2i=70.54, i2t=81.30, probe=68.41),
-    "flt=0.04": dict(gap=0.122, t2i=73.44, i2t=82.66, probe=61.98),
-    "flt=0.07": dict(gap=0.033, t2i=75.53, i2t=82.88, probe=49.61),
-    "flt=0.1": dict(gap=0.019, t2i=66.55, i2t=73.58, probe=48.29),
-    "flt=0.2": dict(gap=0.008, t2i=23.97, i2t=26.94, probe=50.14),
-    "flt=0.4": dict(gap=0.009, t2i=6.90, i2t=8.70, probe=37.97),
-    "hs=1.0": dict(gap=0.028, t2i=47.17, i2t=None, probe=39.72),
+  "flt=0.01": dict(gap=0.669, t2i=69.89, i2t=80.68, probe=69.44),
+  "flt=0.02": dict(gap=0.334, t2i=70.54, i2t=81.30, probe=68.41),
+  "flt=0.04": dict(gap=0.122, t2i=73.44, i2t=82.66, probe=61.98),
+  "flt=0.07": dict(gap=0.033, t2i=75.53, i2t=82.88, probe=49.61),
+  "flt=0.1": dict(gap=0.019, t2i=66.55, i2t=73.58, probe=48.29),
+  "flt=0.2": dict(gap=0.008, t2i=23.97, i2t=26.94, probe=50.14),
+  "flt=0.4": dict(gap=0.009, t2i=6.90, i2t=8.70, probe=37.97),
+  "hs=1.0": dict(gap=0.028, t2i=47.17, i2t=None, probe=39.72),
 }
 # The paper's Fig. 4b: over 100 random initialisations, Δ rose during the first 10 steps in
 # every trial, by about 0.15 on average.
@@ -69,10 +69,10 @@ PAPER_STEPS = 11_500
 HS_PAPER_P = 1e-3
 
 STUDIES = {
-    "table2": ("baseline", "flt=0.04", "ts=S3", "tr=softplus", "slrt", "hs=0.0115", "ss=5e-2"),
-    "table3": ("flt=0.01", "flt=0.02", "flt=0.04", "flt=0.07", "flt=0.1", "flt=0.2", "flt=0.4", "hs=1.0"),
-    "fig4a": ("baseline",),
-    "fig4b": ("baseline",),
+  "table2": ("baseline", "flt=0.04", "ts=S3", "tr=softplus", "slrt", "hs=0.0115", "ss=5e-2"),
+  "table3": ("flt=0.01", "flt=0.02", "flt=0.04", "flt=0.07", "flt=0.1", "flt=0.2", "flt=0.4", "hs=1.0"),
+  "fig4a": ("baseline",),
+  "fig4b": ("baseline",),
 }
 
 
@@ -174,10 +174,19 @@ def command(study: ml_collections.ConfigDict, cell: str) -> str:
   one ``--config.<field>=<value>`` flag. The study's own progress-bar setting is left out:
   it changes nothing a run computes.
   """
-  flags = [shlex.quote(f"--config.{field}={flag_value(value)}")
-           for field, value in sorted(flatten_overrides(study.base_overrides).items())]
-  return " ".join(["python -m experiments.main", shlex.quote(f"--config={study.base_config}:{cell}"),
-                   "--config.seed={seed}", *flags, "--workdir {workdir}"])
+  flags = [
+    shlex.quote(f"--config.{field}={flag_value(value)}")
+    for field, value in sorted(flatten_overrides(study.base_overrides).items())
+  ]
+  return " ".join(
+    [
+      "python -m experiments.main",
+      shlex.quote(f"--config={study.base_config}:{cell}"),
+      "--config.seed={seed}",
+      *flags,
+      "--workdir {workdir}",
+    ]
+  )
 
 
 def cell_dirname(cell: str) -> str:
@@ -253,10 +262,15 @@ def run_study(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     from modgap_jax import train  # the trainer pulls in jax and the models: only when training
 
     grid = [(cell, seed) for seed in range(int(study.seeds)) for cell in cells]
-    todo = [(c, s) for c, s in grid
-            if final_eval(run_dir(workdir, c, s), cell_config(study, c, s)) is None]
-    bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc=f"study {name}", unit="run",
-               disable=not study.progress_bar, dynamic_ncols=True)
+    todo = [(c, s) for c, s in grid if final_eval(run_dir(workdir, c, s), cell_config(study, c, s)) is None]
+    bar = tqdm(
+      total=len(grid),
+      initial=len(grid) - len(todo),
+      desc=f"study {name}",
+      unit="run",
+      disable=not study.progress_bar,
+      dynamic_ncols=True,
+    )
     try:
       for done, (cell, seed) in enumerate(todo):
         if stop.requested:  # a signal between two runs: nothing is lost, the next start goes on
@@ -298,12 +312,18 @@ def cell_results(study: ml_collections.ConfigDict, workdir: str, cell: str) -> t
       finals[seed] = final
       histories.append(run_io.read_metrics(os.path.join(path, "metrics.jsonl")))
   config = cell_config(study, cell, 0)
-  steps = int(next(iter(finals.values()))["step"]) if finals else (int(config.num_steps) if config.num_steps > 0
-                                                                    else None)
+  steps = (
+    int(next(iter(finals.values()))["step"]) if finals else (int(config.num_steps) if config.num_steps > 0 else None)
+  )
   entry = {
-      "cell": cell, "dir": cell_dirname(cell), "seeds": sorted(finals), "num_seeds": len(finals),
-      "seeds_planned": int(study.seeds), "command": command(study, cell), "num_steps": steps,
-      "metrics": {k: summarize([finals[s].get(k) for s in sorted(finals)]) for k in _scalar_keys(finals.values())},
+    "cell": cell,
+    "dir": cell_dirname(cell),
+    "seeds": sorted(finals),
+    "num_seeds": len(finals),
+    "seeds_planned": int(study.seeds),
+    "command": command(study, cell),
+    "num_steps": steps,
+    "metrics": {k: summarize([finals[s].get(k) for s in sorted(finals)]) for k in _scalar_keys(finals.values())},
   }
   if config.swap.method != "none":
     entry["swap_method"], entry["swap_p"] = config.swap.method, float(config.swap.p)
@@ -316,8 +336,12 @@ def aggregate(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """results.json, table.md and the figures, from the runs finished so far under ``workdir``."""
   from modgap_jax.plots import study as study_plots
 
-  results = {"study": study.study, "base_config": study.base_config,
-             "base_overrides": flatten_overrides(study.base_overrides), "cells": []}
+  results = {
+    "study": study.study,
+    "base_config": study.base_config,
+    "base_overrides": flatten_overrides(study.base_overrides),
+    "cells": [],
+  }
   histories = {}
   for cell in study_cells(study):
     entry, histories[cell] = cell_results(study, workdir, cell)
@@ -357,8 +381,9 @@ def linear_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
 
 def mean_eval_curve(histories: list[list[dict[str, Any]]], key: str = "gap") -> tuple[np.ndarray, np.ndarray]:
   """(steps, mean over runs of ``key``) at the eval steps every run has."""
-  curves = [{r["step"]: r[key] for r in records if r.get("split") == "eval" and r.get(key) is not None}
-            for records in histories]
+  curves = [
+    {r["step"]: r[key] for r in records if r.get("split") == "eval" and r.get(key) is not None} for records in histories
+  ]
   if not curves:
     return np.zeros(0), np.zeros(0)
   steps = sorted(set.intersection(*(set(c) for c in curves)))
@@ -395,6 +420,7 @@ def theorem32_fit(histories: list[list[dict[str, Any]]], min_step: int) -> dict[
 @dataclasses.dataclass
 class Fig4bSetup:
   """Everything every initialisation shares: model, optimizer, batches and held-out pairs."""
+
   config: ml_collections.ConfigDict
   model: Any
   tx: Any
@@ -407,8 +433,9 @@ class Fig4bSetup:
   lr_note: str
 
 
-def fig4b_learning_rate(study: ml_collections.ConfigDict, config: ml_collections.ConfigDict, total_steps: int,
-                        warmup_steps: int) -> tuple[ml_collections.ConfigDict, int, int, str]:
+def fig4b_learning_rate(
+  study: ml_collections.ConfigDict, config: ml_collections.ConfigDict, total_steps: int, warmup_steps: int
+) -> tuple[ml_collections.ConfigDict, int, int, str]:
   """The optimizer config, total and warm-up steps the Fig. 4b steps use, and why.
 
   ``fig4b_lr < 0``: the regime's own schedule, warm-up included; its first steps see
@@ -447,9 +474,17 @@ def fig4b_setup(study: ml_collections.ConfigDict, workdir: str) -> Fig4bSetup:
   size, length = config.model.image_size, config.model.context_length
 
   # The first training batches of the host pipeline (seed 0): clean pairs, no crops.
-  stream = data.train_batches(train_split, global_batch_size=config.batch_size, num_devices=1, image_size=size,
-                              context_length=length, seed=int(config.seed), mean=config.dataset.mean,
-                              std=config.dataset.std, tokenizer=tokenizer)
+  stream = data.train_batches(
+    train_split,
+    global_batch_size=config.batch_size,
+    num_devices=1,
+    image_size=size,
+    context_length=length,
+    seed=int(config.seed),
+    mean=config.dataset.mean,
+    std=config.dataset.std,
+    tokenizer=tokenizer,
+  )
   num_steps = int(study.num_steps)
   batches = [next(stream) for _ in range(num_steps)]
 
@@ -457,13 +492,23 @@ def fig4b_setup(study: ml_collections.ConfigDict, workdir: str) -> Fig4bSetup:
   captions = [c for caps in eval_split.captions() for c in caps]
   caption_image = data.caption_image_index(eval_split)
   sample = np.random.default_rng(int(config.seed)).choice(
-      len(captions), size=min(int(config.eval.gap_pairs), len(captions)), replace=False)
+    len(captions), size=min(int(config.eval.gap_pairs), len(captions)), replace=False
+  )
   images, _ = eval_split.fetch(caption_image[sample], size)
   pair_images = data.normalize(images, config.dataset.mean, config.dataset.std)
   pair_tokens = tokenizer.encode([captions[c] for c in sample], length)
-  return Fig4bSetup(config=config, model=model, tx=tx, spec=spec, batches=batches, pair_images=pair_images,
-                    pair_tokens=pair_tokens, pair_captions=sample,
-                    learning_rates=[float(schedule(k)) for k in range(num_steps)], lr_note=note)
+  return Fig4bSetup(
+    config=config,
+    model=model,
+    tx=tx,
+    spec=spec,
+    batches=batches,
+    pair_images=pair_images,
+    pair_tokens=pair_tokens,
+    pair_captions=sample,
+    learning_rates=[float(schedule(k)) for k in range(num_steps)],
+    lr_note=note,
+  )
 
 
 def init_key(seed: int, index: int):
@@ -510,10 +555,17 @@ def _fig4b_functions(setup: Fig4bSetup):
 
 def fig4b_fingerprint(study: ml_collections.ConfigDict, setup: Fig4bSetup) -> dict[str, Any]:
   """What the per-init results depend on; partial results are reused only when it matches."""
-  return run_io.to_jsonable({"base_config": study.base_config, "cell": study_cells(study)[0],
-                             "base_overrides": flatten_overrides(study.base_overrides),
-                             "num_steps": int(study.num_steps), "learning_rates": setup.learning_rates,
-                             "gap_pairs": len(setup.pair_captions), "seed": int(setup.config.seed)})
+  return run_io.to_jsonable(
+    {
+      "base_config": study.base_config,
+      "cell": study_cells(study)[0],
+      "base_overrides": flatten_overrides(study.base_overrides),
+      "num_steps": int(study.num_steps),
+      "learning_rates": setup.learning_rates,
+      "gap_pairs": len(setup.pair_captions),
+      "seed": int(setup.config.seed),
+    }
+  )
 
 
 def run_fig4b(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -537,8 +589,10 @@ def run_fig4b(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   import jax
 
   if int(study.num_inits) < 1 or int(study.num_steps) < 1 or int(study.fig4b_chunk) < 1:
-    raise ConfigError(f"num_inits={study.num_inits}, num_steps={study.num_steps} and "
-                      f"fig4b_chunk={study.fig4b_chunk} must be positive integers")
+    raise ConfigError(
+      f"num_inits={study.num_inits}, num_steps={study.num_steps} and "
+      f"fig4b_chunk={study.fig4b_chunk} must be positive integers"
+    )
   setup = fig4b_setup(study, workdir)
   fingerprint = fig4b_fingerprint(study, setup)
   done = _fig4b_previous(workdir, fingerprint)
@@ -547,10 +601,16 @@ def run_fig4b(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   images, tokens = jax.numpy.asarray(setup.pair_images), jax.numpy.asarray(setup.pair_tokens)
   batches = [jax.tree.map(jax.numpy.asarray, b) for b in setup.batches]
   chunk = int(study.fig4b_chunk)
-  bar = tqdm(total=int(study.num_inits), initial=int(study.num_inits) - len(todo), desc="fig4b inits",
-             unit="init", disable=not study.progress_bar, dynamic_ncols=True)
+  bar = tqdm(
+    total=int(study.num_inits),
+    initial=int(study.num_inits) - len(todo),
+    desc="fig4b inits",
+    unit="init",
+    disable=not study.progress_bar,
+    dynamic_ncols=True,
+  )
   for start in range(0, len(todo), chunk):
-    indices = todo[start:start + chunk]
+    indices = todo[start : start + chunk]
     padded = indices + [indices[-1]] * (chunk - len(indices))  # one compiled shape for every chunk
     keys = jax.numpy.stack([init_key(int(setup.config.seed), i) for i in padded])
     states = init_chunk(keys)
@@ -562,9 +622,13 @@ def run_fig4b(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       taus.append(np.asarray(logs["tau"])[:, 0])
     after = jax.device_get(embed_chunk(states, images, tokens))
     for j, index in enumerate(indices):
-      done[index] = {"init": index, "gap_0": gap_f64(before[0][j], before[1][j]),
-                     "gap_final": gap_f64(after[0][j], after[1][j]),
-                     "batch_gaps": [float(g[j]) for g in batch_gaps], "taus": [float(t[j]) for t in taus]}
+      done[index] = {
+        "init": index,
+        "gap_0": gap_f64(before[0][j], before[1][j]),
+        "gap_final": gap_f64(after[0][j], after[1][j]),
+        "batch_gaps": [float(g[j]) for g in batch_gaps],
+        "taus": [float(t[j]) for t in taus],
+      }
     _write_fig4b(study, workdir, setup, fingerprint, done)
     bar.update(len(indices))
   bar.close()
@@ -588,10 +652,14 @@ def fig4b_summary(done: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
   gap0 = np.asarray([r["gap_0"] for r in inits], np.float64)
   gap1 = np.asarray([r["gap_final"] for r in inits], np.float64)
   rises = gap1 - gap0
-  return {"gap_0": gap0.tolist(), "gap_final": gap1.tolist(), "rises": rises.tolist(),
-          "share_rising": float(np.mean(rises > 0)) if len(rises) else None,
-          "mean_rise": float(rises.mean()) if len(rises) else None,
-          "std_rise": float(rises.std(ddof=1)) if len(rises) > 1 else 0.0}
+  return {
+    "gap_0": gap0.tolist(),
+    "gap_final": gap1.tolist(),
+    "rises": rises.tolist(),
+    "share_rising": float(np.mean(rises > 0)) if len(rises) else None,
+    "mean_rise": float(rises.mean()) if len(rises) else None,
+    "std_rise": float(rises.std(ddof=1)) if len(rises) > 1 else 0.0,
+  }
 
 
 def _write_fig4b(study, workdir, setup: Fig4bSetup, fingerprint, done, final: bool = False) -> dict[str, Any]:
@@ -599,15 +667,25 @@ def _write_fig4b(study, workdir, setup: Fig4bSetup, fingerprint, done, final: bo
 
   config = setup.config
   results = {
-      "study": "fig4b", "cell": study_cells(study)[0], "base_config": study.base_config,
-      "base_overrides": flatten_overrides(study.base_overrides), "num_inits": len(done),
-      "num_inits_planned": int(study.num_inits), "complete": len(done) >= int(study.num_inits),
-      "num_steps": int(study.num_steps), "batch_size": int(config.batch_size),
-      "gap_pairs": len(setup.pair_captions), "learning_rates": setup.learning_rates,
-      "nu_learning_rates": [lr * float(config.temperature.lr_multiplier) for lr in setup.learning_rates],
-      "lr": setup.learning_rates[0], "fig4b_lr": float(study.fig4b_lr), "lr_note": setup.lr_note,
-      "paper": PAPER_FIG4B, "fingerprint": fingerprint, **fig4b_summary(done),
-      "inits": [done[i] for i in sorted(done)],
+    "study": "fig4b",
+    "cell": study_cells(study)[0],
+    "base_config": study.base_config,
+    "base_overrides": flatten_overrides(study.base_overrides),
+    "num_inits": len(done),
+    "num_inits_planned": int(study.num_inits),
+    "complete": len(done) >= int(study.num_inits),
+    "num_steps": int(study.num_steps),
+    "batch_size": int(config.batch_size),
+    "gap_pairs": len(setup.pair_captions),
+    "learning_rates": setup.learning_rates,
+    "nu_learning_rates": [lr * float(config.temperature.lr_multiplier) for lr in setup.learning_rates],
+    "lr": setup.learning_rates[0],
+    "fig4b_lr": float(study.fig4b_lr),
+    "lr_note": setup.lr_note,
+    "paper": PAPER_FIG4B,
+    "fingerprint": fingerprint,
+    **fig4b_summary(done),
+    "inits": [done[i] for i in sorted(done)],
   }
   run_io.write_json(os.path.join(workdir, "results.json"), results)
   if final:
@@ -620,12 +698,16 @@ def render_fig4b(results: dict[str, Any]) -> str:
   """Markdown summary of Fig. 4b beside the paper's numbers."""
   paper = results["paper"]
   share = results["share_rising"]
-  return "\n".join([
-      "# Study `fig4b`: the gap rises at the start (Theorem 3.3)", "",
+  return "\n".join(
+    [
+      "# Study `fig4b`: the gap rises at the start (Theorem 3.3)",
+      "",
       f"{results['num_inits']} random initialisations of `{results['cell']}`, each {results['num_steps']} steps on "
       f"the same batches (batch {results['batch_size']}); Δ on {results['gap_pairs']} fixed held-out pairs.",
-      f"Learning rate: {results['lr_note']}; towers' rate per step {results['learning_rates']}.", "",
-      "| | ours | paper (Fig. 4b) |", "|---|---|---|",
+      f"Learning rate: {results['lr_note']}; towers' rate per step {results['learning_rates']}.",
+      "",
+      "| | ours | paper (Fig. 4b) |",
+      "|---|---|---|",
       f"| initialisations | {results['num_inits']} | {paper['num_inits']} |",
       f"| steps | {results['num_steps']} | {paper['num_steps']} |",
       f"| share with Δ rising | {'—' if share is None else f'{100 * share:.0f} %'} | "
@@ -633,7 +715,11 @@ def render_fig4b(results: dict[str, Any]) -> str:
       f"| mean rise Δ(end) − Δ(0) | {_num(results['mean_rise'])} ± {_num(results['std_rise'])} | "
       f"≈ {paper['mean_rise']} |",
       f"| mean Δ(0) → Δ(end) | {_num(np.mean(results['gap_0']))} → {_num(np.mean(results['gap_final']))} | |",
-      "", "Figure: `fig4b.png` (histogram of the rises).", ""])
+      "",
+      "Figure: `fig4b.png` (histogram of the rises).",
+      "",
+    ]
+  )
 
 
 # ----------------------------------------------------------------------------------------
@@ -646,7 +732,7 @@ def _num(value: float | None, digits: int = 3) -> str:
 
 
 def ours(cell_entry: dict[str, Any], key: str, percent: bool = False) -> str:
-  """"mean ± std" of a metric over the finished seeds (fractions × 100 when ``percent``)."""
+  """ "mean ± std" of a metric over the finished seeds (fractions × 100 when ``percent``)."""
   m = cell_entry["metrics"].get(key)
   if not m or m["mean"] is None:
     return "—"
@@ -667,33 +753,43 @@ def paper_key(cell: str) -> str:
 
 
 TABLE2_ROWS = (  # (label, our key, the paper's key, ours in percent)
-    ("gap ↓", "gap", "gap", False), ("uniformity (−W2) ↑", "uniformity_w2", "uniformity", False),
-    ("zero-shot ↑", "zeroshot_top1", "zeroshot", True), ("linear probe ↑", "linear_probe_top1", "probe", True),
-    ("image retrieval R@1 ↑", "t2i_r1", "t2i", True), ("text retrieval R@1 ↑", "i2t_r1", "i2t", True),
+  ("gap ↓", "gap", "gap", False),
+  ("uniformity (−W2) ↑", "uniformity_w2", "uniformity", False),
+  ("zero-shot ↑", "zeroshot_top1", "zeroshot", True),
+  ("linear probe ↑", "linear_probe_top1", "probe", True),
+  ("image retrieval R@1 ↑", "t2i_r1", "t2i", True),
+  ("text retrieval R@1 ↑", "i2t_r1", "i2t", True),
 )
 
 
 def render_table2(cells: list[dict[str, Any]]) -> list[str]:
   """Rows: Table 2's metrics; columns: each cell, ours then the paper's."""
-  lines = ["| metric | " + " | ".join(f"{c['cell']} ours | paper" for c in cells) + " |",
-           "|---|" + "---|---|" * len(cells)]
+  lines = [
+    "| metric | " + " | ".join(f"{c['cell']} ours | paper" for c in cells) + " |",
+    "|---|" + "---|---|" * len(cells),
+  ]
   for label, key, paper_name, percent in TABLE2_ROWS:
-    cols = [f"{ours(c, key, percent)} | {_paper(PAPER_TABLE2.get(paper_key(c['cell']), {}).get(paper_name))}"
-            for c in cells]
+    cols = [
+      f"{ours(c, key, percent)} | {_paper(PAPER_TABLE2.get(paper_key(c['cell']), {}).get(paper_name))}" for c in cells
+    ]
     lines.append(f"| {label} | " + " | ".join(cols) + " |")
   return lines
 
 
 def render_table3(cells: list[dict[str, Any]]) -> list[str]:
   """Rows: the cells (τ values, then the full hard swap); columns: Table 3's, ours beside the paper's."""
-  lines = ["| cell | gap ours | paper | image R@1 ours | paper | text R@1 ours | paper | linear probe ours | paper |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+    "| cell | gap ours | paper | image R@1 ours | paper | text R@1 ours | paper | linear probe ours | paper |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
   for c in cells:
     p = PAPER_TABLE3.get(c["cell"], {})
     label = f"τ = {c['cell'][4:]}" if c["cell"].startswith("flt=") else c["cell"]
-    lines.append(f"| {label} | {ours(c, 'gap')} | {_paper(p.get('gap'))} | {ours(c, 't2i_r1', True)} "
-                 f"| {_paper(p.get('t2i'))} | {ours(c, 'i2t_r1', True)} | {_paper(p.get('i2t'))} "
-                 f"| {ours(c, 'linear_probe_top1', True)} | {_paper(p.get('probe'))} |")
+    lines.append(
+      f"| {label} | {ours(c, 'gap')} | {_paper(p.get('gap'))} | {ours(c, 't2i_r1', True)} "
+      f"| {_paper(p.get('t2i'))} | {ours(c, 'i2t_r1', True)} | {_paper(p.get('i2t'))} "
+      f"| {ours(c, 'linear_probe_top1', True)} | {_paper(p.get('probe'))} |"
+    )
   return lines
 
 
@@ -702,23 +798,33 @@ def render_table(results: dict[str, Any]) -> str:
   cells = results["cells"]
   seeds = ", ".join(f"{c['cell']}: {c['num_seeds']}/{c['seeds_planned']}" for c in cells)
   table = "Table 3" if results["study"] == "table3" else "Table 2"
-  lines = [f"# Study `{results['study']}`: ours beside the paper's {table}", "",
-           f"Ours: mean ± std (sample std, ddof = 1) over the finished seeds ({seeds}). Our retrieval R@1, "
-           "zero-shot and linear-probe accuracies are fractions, shown here × 100 as percentages like the paper's.",
-           "Image retrieval = text→image R@1 (`t2i_r1`), text retrieval = image→text R@1 (`i2t_r1`). "
-           "The paper trains CLIP RN50 on MSCOCO; compare trends, not levels.", ""]
+  lines = [
+    f"# Study `{results['study']}`: ours beside the paper's {table}",
+    "",
+    f"Ours: mean ± std (sample std, ddof = 1) over the finished seeds ({seeds}). Our retrieval R@1, "
+    "zero-shot and linear-probe accuracies are fractions, shown here × 100 as percentages like the paper's.",
+    "Image retrieval = text→image R@1 (`t2i_r1`), text retrieval = image→text R@1 (`i2t_r1`). "
+    "The paper trains CLIP RN50 on MSCOCO; compare trends, not levels.",
+    "",
+  ]
   lines += render_table3(cells) if results["study"] == "table3" else render_table2(cells)
   lines += ["", "Final τ: " + ", ".join(f"{c['cell']} {ours(c, 'tau')}" for c in cells) + "."]
   swaps = [c for c in cells if c.get("expected_swaps") is not None]
   if swaps:
-    lines += ["", "Expected swapped steps (p × steps): " + ", ".join(
-        f"{c['cell']}: {c['swap_p']:g} × {c['num_steps']} = {c['expected_swaps']:.1f}" for c in swaps)
-        + f". The paper's HS: p = {HS_PAPER_P:g} × ~{PAPER_STEPS} steps = {HS_PAPER_P * PAPER_STEPS:.1f}."]
+    lines += [
+      "",
+      "Expected swapped steps (p × steps): "
+      + ", ".join(f"{c['cell']}: {c['swap_p']:g} × {c['num_steps']} = {c['expected_swaps']:.1f}" for c in swaps)
+      + f". The paper's HS: p = {HS_PAPER_P:g} × ~{PAPER_STEPS} steps = {HS_PAPER_P * PAPER_STEPS:.1f}.",
+    ]
   if "r2" in results:
-    lines += ["", f"Theorem 3.2 (Fig. 4a): Δ(t) = a + b·(−1/log²t) fitted by least squares over "
-                  f"{len(results['points'])} eval points with t > {results['fit_min_step']} (after the warm-up): "
-                  f"R² = {_num(results['r2'])}, b = {_num(results['slope'], 4)}, a = {_num(results['intercept'], 4)}. "
-                  "Figure: `fig4a.png`."]
+    lines += [
+      "",
+      f"Theorem 3.2 (Fig. 4a): Δ(t) = a + b·(−1/log²t) fitted by least squares over "
+      f"{len(results['points'])} eval points with t > {results['fit_min_step']} (after the warm-up): "
+      f"R² = {_num(results['r2'])}, b = {_num(results['slope'], 4)}, a = {_num(results['intercept'], 4)}. "
+      "Figure: `fig4a.png`.",
+    ]
   lines += ["", "Command for one seed of each cell ({seed}, {workdir} to fill in):", ""]
   lines += [f"- `{c['cell']}`: `{c['command']}`" for c in cells]
   return "\n".join(lines) + "\n"

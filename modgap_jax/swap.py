@@ -28,6 +28,7 @@ from modgap_jax import errors, numerics
 
 SWAP_METHODS = ("none", "hard", "soft")
 
+
 def _check_p(p) -> None:
   # A traced p (e.g. from a schedule) cannot be checked here; concrete ones can.
   if isinstance(p, numbers.Real):
@@ -65,8 +66,9 @@ def _soft_mix(key, x, y):
   return lam * x + (1 - lam) * y, lam * y + (1 - lam) * x
 
 
-def hard_swap(key: jax.Array, image_emb: jax.Array, text_emb: jax.Array, p,
-              *, renormalize: bool = True) -> tuple[jax.Array, jax.Array]:
+def hard_swap(
+  key: jax.Array, image_emb: jax.Array, text_emb: jax.Array, p, *, renormalize: bool = True
+) -> tuple[jax.Array, jax.Array]:
   """Hard swap (MATH.md §4.2 HS): with probability p, exchange each entry w.p. 0.5.
 
   Args:
@@ -83,8 +85,9 @@ def hard_swap(key: jax.Array, image_emb: jax.Array, text_emb: jax.Array, p,
   return _maybe_swap(key, image_emb, text_emb, p, _hard_exchange, renormalize)
 
 
-def soft_swap(key: jax.Array, image_emb: jax.Array, text_emb: jax.Array, p,
-              *, renormalize: bool = True) -> tuple[jax.Array, jax.Array]:
+def soft_swap(
+  key: jax.Array, image_emb: jax.Array, text_emb: jax.Array, p, *, renormalize: bool = True
+) -> tuple[jax.Array, jax.Array]:
   """Soft swap (MATH.md §4.2 SS): with probability p, H_X ← Λ⊙H_X + (1−Λ)⊙H_Y and symmetrically.
 
   Λ_ij ~ U[0, 1] elementwise; H_Y ← Λ⊙H_Y + (1−Λ)⊙H_X uses the same Λ and the original H_X.
@@ -103,8 +106,9 @@ def soft_swap(key: jax.Array, image_emb: jax.Array, text_emb: jax.Array, p,
   return _maybe_swap(key, image_emb, text_emb, p, _soft_mix, renormalize)
 
 
-def apply(key: jax.Array, image_emb: jax.Array, text_emb: jax.Array, method: str, p,
-          renormalize: bool = True) -> tuple[jax.Array, jax.Array]:
+def apply(
+  key: jax.Array, image_emb: jax.Array, text_emb: jax.Array, method: str, p, renormalize: bool = True
+) -> tuple[jax.Array, jax.Array]:
   """Dispatches to the swap named by ``method`` ∈ SWAP_METHODS; 'none' is the identity.
 
   Raises:

@@ -31,6 +31,7 @@ class Reparam:
   - ``softplus``: β = log(1 + e^ν) (β' = 1 − e^{−β}).
   - ``exp_scaled``: β = e^{ν/s}, s > 1 (β' = β/s).
   """
+
   name: str = "exp"
   scale: float = 2.0
 
@@ -89,6 +90,7 @@ class TemperatureSpec:
     tau_schedule: any optax schedule, step ↦ τ, for ``scheduled`` mode. After the k-th
       update the leaf holds ν(τ_schedule(k)).
   """
+
   reparam: Reparam = Reparam()
   mode: str = "learned"
   tau_init: float = 0.07
@@ -103,8 +105,10 @@ class TemperatureSpec:
     if self.beta_cap is not None:
       check_range("temperature.beta_cap", self.beta_cap, 0.0, None, low_inclusive=False)
       if self.mode == "learned" and 1.0 / self.tau_init > self.beta_cap:
-        raise ConfigError(f"temperature.tau_init={self.tau_init} gives β above temperature.beta_cap="
-                          f"{self.beta_cap}; choose tau_init >= {1.0 / self.beta_cap}")
+        raise ConfigError(
+          f"temperature.tau_init={self.tau_init} gives β above temperature.beta_cap="
+          f"{self.beta_cap}; choose tau_init >= {1.0 / self.beta_cap}"
+        )
     if self.mode == "scheduled" and self.tau_schedule is None:
       raise ConfigError("temperature.schedule is required when temperature.mode='scheduled'")
 
@@ -161,8 +165,9 @@ def project_beta_cap(beta_cap: float, reparam: Reparam) -> optax.GradientTransfo
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
-def temperature_transform(spec: TemperatureSpec, learning_rate: optax.ScalarOrSchedule, *,
-                          b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
+def temperature_transform(
+  spec: TemperatureSpec, learning_rate: optax.ScalarOrSchedule, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+) -> optax.GradientTransformation:
   """The transformation for the leaf ν alone. No weight decay is ever applied to ν."""
   if spec.mode == "fixed":
     return optax.set_to_zero()
@@ -188,9 +193,15 @@ def temperature_labels(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(label, params)
 
 
-def route_temperature(rest: optax.GradientTransformation, spec: TemperatureSpec,
-                      learning_rate: optax.ScalarOrSchedule, *, b1: float = 0.9, b2: float = 0.999,
-                      eps: float = 1e-8) -> optax.GradientTransformation:
+def route_temperature(
+  rest: optax.GradientTransformation,
+  spec: TemperatureSpec,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+) -> optax.GradientTransformation:
   """One whole-tree transformation: ``rest`` for every leaf but ν, the mode's handling for ν.
 
   Args:
@@ -200,8 +211,8 @@ def route_temperature(rest: optax.GradientTransformation, spec: TemperatureSpec,
     b1, b2, eps: Adam moments for ν, normally the same as ``rest``'s.
   """
   return optax.multi_transform(
-      {"temperature": temperature_transform(spec, learning_rate, b1=b1, b2=b2, eps=eps), "rest": rest},
-      temperature_labels)
+    {"temperature": temperature_transform(spec, learning_rate, b1=b1, b2=b2, eps=eps), "rest": rest}, temperature_labels
+  )
 
 
 # --- configs --------------------------------------------------------------------------
@@ -216,8 +227,7 @@ def tau_schedule_from_config(schedule_cfg: Any, total_steps: int) -> Callable[[A
   training step.
   """
   kind = check_choice("temperature.schedule.kind", schedule_cfg.get("kind", "linear"), SCHEDULE_KINDS)
-  start = check_range("temperature.schedule.tau_start", float(schedule_cfg.tau_start), 0.0, None,
-                      low_inclusive=False)
+  start = check_range("temperature.schedule.tau_start", float(schedule_cfg.tau_start), 0.0, None, low_inclusive=False)
   end = check_range("temperature.schedule.tau_end", float(schedule_cfg.tau_end), 0.0, None, low_inclusive=False)
   steps = max(int(total_steps), 1)
   if kind == "linear":
@@ -236,10 +246,10 @@ def spec_from_config(temperature_cfg: Any, total_steps: int) -> TemperatureSpec:
     schedule = tau_schedule_from_config(cfg.schedule, total_steps)
   cap = cfg.get("beta_cap", None)
   return TemperatureSpec(
-      reparam=Reparam(cfg.get("reparam", "exp"), float(cfg.get("scale", 2.0))),
-      mode=mode,
-      tau_init=float(cfg.get("tau_init", 0.07)),
-      lr_multiplier=float(cfg.get("lr_multiplier", 1.0)),
-      beta_cap=None if cap in (None, 0) else float(cap),
-      tau_schedule=schedule,
+    reparam=Reparam(cfg.get("reparam", "exp"), float(cfg.get("scale", 2.0))),
+    mode=mode,
+    tau_init=float(cfg.get("tau_init", 0.07)),
+    lr_multiplier=float(cfg.get("lr_multiplier", 1.0)),
+    beta_cap=None if cap in (None, 0) else float(cap),
+    tau_schedule=schedule,
   )

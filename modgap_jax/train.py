@@ -19,8 +19,19 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from modgap_jax import checkpoint, data, evaluation, events, models, numerics, preemption, run_io, swap, temperature
-from modgap_jax import timing
+from modgap_jax import (
+  checkpoint,
+  data,
+  evaluation,
+  events,
+  models,
+  numerics,
+  preemption,
+  run_io,
+  swap,
+  temperature,
+  timing,
+)
 from modgap_jax import train_step as train_step_lib
 from modgap_jax import workdir as workdir_lib
 from modgap_jax.data import resident
@@ -32,15 +43,32 @@ from modgap_jax.train_step import TrainState, init_state, learning_rate_schedule
 RESIDENT_LIMIT_BYTES = 2 << 30
 ON_DEVICE_CHOICES = ("auto", "yes", "no")
 
-TRAIN_LOG_KEYS = ("loss", "loss_i2t", "loss_t2i", "positive_logit", "negative_logit", "nu", "beta", "tau",
-                  "grad_norm", "gap")
+TRAIN_LOG_KEYS = (
+  "loss",
+  "loss_i2t",
+  "loss_t2i",
+  "positive_logit",
+  "negative_logit",
+  "nu",
+  "beta",
+  "tau",
+  "grad_norm",
+  "gap",
+)
 
 
 class Evaluator:
   """Embeds whole splits with pmapped encoders and computes every MATH.md §2 metric."""
 
-  def __init__(self, model: models.CLIP, config: ml_collections.ConfigDict, train_split: data.Examples,
-               eval_split: data.Examples, num_devices: int, tokenizer: data.Tokenizer):
+  def __init__(
+    self,
+    model: models.CLIP,
+    config: ml_collections.ConfigDict,
+    train_split: data.Examples,
+    eval_split: data.Examples,
+    num_devices: int,
+    tokenizer: data.Tokenizer,
+  ):
     self.config = config
     self.tokenizer = tokenizer
     self.num_devices = num_devices
@@ -62,9 +90,14 @@ class Evaluator:
   def embed_images(self, variables: Any, split: data.Examples) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """[N, d] image embeddings in index order, and the split's labels."""
     chunks = []
-    batches = data.eval_image_batches(split, batch_size=self.batch_size, num_devices=self.num_devices,
-                                      image_size=self.image_size, mean=self.config.dataset.mean,
-                                      std=self.config.dataset.std)
+    batches = data.eval_image_batches(
+      split,
+      batch_size=self.batch_size,
+      num_devices=self.num_devices,
+      image_size=self.image_size,
+      mean=self.config.dataset.mean,
+      std=self.config.dataset.std,
+    )
     for batch in data.prefetch(batches):
       emb = np.asarray(self._encode_image(variables, batch["image"]))
       chunks.append(emb.reshape(-1, emb.shape[-1])[batch["mask"].reshape(-1)])
@@ -73,8 +106,13 @@ class Evaluator:
   def embed_texts(self, variables: Any, split: data.Examples) -> tuple[np.ndarray, np.ndarray]:
     """[M, d] caption embeddings and each caption's image index."""
     chunks, image_index = [], []
-    batches = data.eval_text_batches(split, batch_size=self.batch_size, num_devices=self.num_devices,
-                                     context_length=self.context_length, tokenizer=self.tokenizer)
+    batches = data.eval_text_batches(
+      split,
+      batch_size=self.batch_size,
+      num_devices=self.num_devices,
+      context_length=self.context_length,
+      tokenizer=self.tokenizer,
+    )
     for batch in batches:
       emb = np.asarray(self._encode_text(variables, batch["text"]))
       mask = batch["mask"].reshape(-1)
@@ -93,18 +131,31 @@ class Evaluator:
     """All eval metrics, and the eval embeddings (for figures)."""
     image_emb, labels = self.embed_images(variables, self.eval_split)
     text_emb, text_to_image = self.embed_texts(variables, self.eval_split)
-    out = evaluation.embedding_metrics(image_emb, text_emb, text_to_image, beta=beta,
-                                       loss_batch_size=self.config.batch_size,
-                                       gap_pairs=self.config.eval.gap_pairs, seed=self.config.seed)
+    out = evaluation.embedding_metrics(
+      image_emb,
+      text_emb,
+      text_to_image,
+      beta=beta,
+      loss_batch_size=self.config.batch_size,
+      gap_pairs=self.config.eval.gap_pairs,
+      seed=self.config.seed,
+    )
     class_emb = probe_train = None
     if self.label_key and self.class_tokens is not None:
       class_emb = self.embed_tokens(variables, self.class_tokens).reshape(*self.class_shape, -1)
     if self.label_key and self.config.eval.linear_probe:
       train_emb, train_labels = self.embed_images(variables, self.train_split)
       probe_train = (train_emb, train_labels[self.label_key])
-    out.update(evaluation.classification_metrics(
-        image_emb, labels.get(self.label_key), class_emb, probe_train, probe_l2=self.config.eval.probe_l2,
-        probe_steps=self.config.eval.probe_steps))
+    out.update(
+      evaluation.classification_metrics(
+        image_emb,
+        labels.get(self.label_key),
+        class_emb,
+        probe_train,
+        probe_l2=self.config.eval.probe_l2,
+        probe_steps=self.config.eval.probe_steps,
+      )
+    )
     return out, {"image": image_emb, "text": text_emb, "text_to_image": text_to_image}
 
 
@@ -128,8 +179,16 @@ def plan_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> tu
   return per_epoch, total, warmup
 
 
-def _check_number(field: str, value: Any, low: float | None = None, high: float | None = None, *,
-                  low_inclusive: bool = True, high_inclusive: bool = True, integer: bool = False) -> None:
+def _check_number(
+  field: str,
+  value: Any,
+  low: float | None = None,
+  high: float | None = None,
+  *,
+  low_inclusive: bool = True,
+  high_inclusive: bool = True,
+  integer: bool = False,
+) -> None:
   """A finite number (an integer if asked) in the given interval; else a one-line ConfigError."""
   kind = "an integer" if integer else "a number"
   if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
@@ -183,8 +242,10 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if field == "std" and min(values) <= 0:
       raise ConfigError(f"dataset.std={values!r} must be positive")
   if config.batch_size % num_devices:
-    raise ConfigError(f"batch_size={config.batch_size} must be divisible by the {num_devices} devices "
-                      f"({jax.process_count()} process(es) × {jax.local_device_count()})")
+    raise ConfigError(
+      f"batch_size={config.batch_size} must be divisible by the {num_devices} devices "
+      f"({jax.process_count()} process(es) × {jax.local_device_count()})"
+    )
 
 
 def load_tokenizer(config: ml_collections.ConfigDict, train_split: data.Examples, workdir: str) -> data.Tokenizer:
@@ -201,8 +262,10 @@ def load_tokenizer(config: ml_collections.ConfigDict, train_split: data.Examples
     captions = [c for caps in train_split.captions() for c in caps]
     tokenizer = data.make_tokenizer(config.dataset.tokenizer, captions, config.model.vocab_size)
   if tokenizer.vocab_size > config.model.vocab_size:
-    raise ConfigError(f"model.vocab_size={config.model.vocab_size} is smaller than the {config.dataset.tokenizer} "
-                      f"tokenizer's {tokenizer.vocab_size} ids; set it to at least {tokenizer.vocab_size}")
+    raise ConfigError(
+      f"model.vocab_size={config.model.vocab_size} is smaller than the {config.dataset.tokenizer} "
+      f"tokenizer's {tokenizer.vocab_size} ids; set it to at least {tokenizer.vocab_size}"
+    )
   return tokenizer
 
 
@@ -225,8 +288,10 @@ def _use_resident(config: ml_collections.ConfigDict, split: data.Examples, num_d
 
 def _check_stream_options(config: ml_collections.ConfigDict) -> None:
   if config.dataset.mismatch_fraction or config.dataset.augment_min_scale < 1.0:
-    raise ConfigError("dataset.mismatch_fraction and dataset.augment_min_scale need the on-device split "
-                      "(dataset.on_device='auto' or 'yes' on a dataset that fits)")
+    raise ConfigError(
+      "dataset.mismatch_fraction and dataset.augment_min_scale need the on-device split "
+      "(dataset.on_device='auto' or 'yes' on a dataset that fits)"
+    )
 
 
 class _Batches:
@@ -236,25 +301,46 @@ class _Batches:
     self.resident = _use_resident(config, train_split, num_devices)
     if self.resident:
       split = resident.make_resident_split(
-          train_split, tokenizer, image_size=config.model.image_size, context_length=config.model.context_length,
-          seed=config.seed, mismatch_fraction=config.dataset.mismatch_fraction)
-      sampling = resident.Sampling(len(train_split), config.batch_size, tuple(config.dataset.mean),
-                                        tuple(config.dataset.std),
-                                        resident.Augment(config.dataset.augment_min_scale))
+        train_split,
+        tokenizer,
+        image_size=config.model.image_size,
+        context_length=config.model.context_length,
+        seed=config.seed,
+        mismatch_fraction=config.dataset.mismatch_fraction,
+      )
+      sampling = resident.Sampling(
+        len(train_split),
+        config.batch_size,
+        tuple(config.dataset.mean),
+        tuple(config.dataset.std),
+        resident.Augment(config.dataset.augment_min_scale),
+      )
       self._inputs = flax.jax_utils.replicate((split, resident.data_key(config.seed)))
-      self.steps = train_step_lib.make_resident_multistep(model, tx, spec.reparam, config.swap, sampling,
-                                                          config.nonfinite)
+      self.steps = train_step_lib.make_resident_multistep(
+        model, tx, spec.reparam, config.swap, sampling, config.nonfinite
+      )
     else:
       _check_stream_options(config)
       # grain makes the same batches as data.train_batches, step for step, in worker
       # processes: JPEG decoding and resizing of a lazily read split stay off this thread.
       self._stream = data.grain_train_batches(
-          train_split, global_batch_size=config.batch_size, num_devices=num_devices,
-          image_size=config.model.image_size, context_length=config.model.context_length, seed=config.seed,
-          start_step=start_step, mean=config.dataset.mean, std=config.dataset.std, tokenizer=tokenizer,
-          process_index=jax.process_index(), process_count=jax.process_count(),
-          crop_scale=tuple(config.dataset.crop_scale) or None, crop_ratio=tuple(config.dataset.crop_ratio),
-          num_workers=input_workers(config, train_split), buffer_size=2 * steps_per_dispatch(config))
+        train_split,
+        global_batch_size=config.batch_size,
+        num_devices=num_devices,
+        image_size=config.model.image_size,
+        context_length=config.model.context_length,
+        seed=config.seed,
+        start_step=start_step,
+        mean=config.dataset.mean,
+        std=config.dataset.std,
+        tokenizer=tokenizer,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        crop_scale=tuple(config.dataset.crop_scale) or None,
+        crop_ratio=tuple(config.dataset.crop_ratio),
+        num_workers=input_workers(config, train_split),
+        buffer_size=2 * steps_per_dispatch(config),
+      )
       self.steps = train_step_lib.make_streamed_multistep(model, tx, spec.reparam, config.swap, config.nonfinite)
 
   def run(self, num_steps: int, p_state):
@@ -318,8 +404,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     eval_split = data.load_examples(config.dataset.name, config.dataset.eval_split, data_dir, **files)
     tokenizer = load_tokenizer(config, train_split, workdir)
   if config.batch_size > len(train_split):
-    raise ConfigError(f"batch_size={config.batch_size} exceeds the {len(train_split)} examples of "
-                      f"{config.dataset.name}:{config.dataset.train_split}")
+    raise ConfigError(
+      f"batch_size={config.batch_size} exceeds the {len(train_split)} examples of "
+      f"{config.dataset.name}:{config.dataset.train_split}"
+    )
   per_epoch, total_steps, warmup_steps = plan_steps(config, len(train_split))
   lr = learning_rate_schedule(config.optimizer, total_steps, warmup_steps)
   tx, spec = make_optimizer(config, total_steps, warmup_steps, schedule=lr)
@@ -343,8 +431,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       run_io.write_text(os.path.join(workdir, "tokenizer.json"), tokenizer.to_json())
     state = restored if restored is not None else state
     start_step = int(state.step)
-    log = (run_io.MetricsLog(os.path.join(workdir, "metrics.jsonl"), resume_step=start_step) if primary
-           else run_io.NullLog())
+    log = (
+      run_io.MetricsLog(os.path.join(workdir, "metrics.jsonl"), resume_step=start_step) if primary else run_io.NullLog()
+    )
     event_log = events.EventLog(workdir, resume_step=start_step, enabled=primary and bool(config.tensorboard))
     with clock("dataset"):
       evaluator = Evaluator(model, config, train_split, eval_split, num_devices, tokenizer)
@@ -352,8 +441,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     p_state = flax.jax_utils.replicate(state)
     final_eval, embeddings = None, None
-    bar = tqdm(total=total_steps, initial=start_step, desc=f"train {config.method}", unit="step",
-               disable=not (config.progress_bar and primary), dynamic_ncols=True)
+    bar = tqdm(
+      total=total_steps,
+      initial=start_step,
+      desc=f"train {config.method}",
+      unit="step",
+      disable=not (config.progress_bar and primary),
+      dynamic_ncols=True,
+    )
     step = start_step
     try:
       while step < total_steps:
@@ -372,11 +467,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
               host_logs["epoch"] = s / per_epoch
               log.write(s, "train", host_logs)
               event_log.scalars(s, "train", host_logs)
-            bar.set_postfix(loss=f"{host_logs['loss']:.3f}", tau=f"{host_logs['tau']:.4f}",
-                            gap=f"{host_logs['gap']:.3f}")
+            bar.set_postfix(
+              loss=f"{host_logs['loss']:.3f}", tau=f"{host_logs['tau']:.4f}", gap=f"{host_logs['gap']:.3f}"
+            )
         if len(bad):
-          raise NonFiniteError(last_good + 1, train_step_lib.describe_nonfinite(codes[bad[0]]), ckpt.latest_step(),
-                               ckpt.directory)
+          raise NonFiniteError(
+            last_good + 1, train_step_lib.describe_nonfinite(codes[bad[0]]), ckpt.latest_step(), ckpt.directory
+          )
         bar.update(stop_at - step)
         step = stop_at
         if step % config.eval_every == 0 or step == total_steps:
@@ -405,8 +502,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     clock.move("train", "compile", batches.steps.compile_seconds)
     with clock("outputs"):
       if primary:
-        write_outputs(workdir, config, final_eval, embeddings, total_steps=total_steps,
-                      num_devices=jax.device_count(), clock=clock, resumed_from=start_step)
+        write_outputs(
+          workdir,
+          config,
+          final_eval,
+          embeddings,
+          total_steps=total_steps,
+          num_devices=jax.device_count(),
+          clock=clock,
+          resumed_from=start_step,
+        )
         event_log.image("embeddings_pca", total_steps, os.path.join(workdir, "embeddings_pca.png"))
       event_log.close()
   return final_eval
@@ -421,47 +526,73 @@ def _evaluate(evaluator: Evaluator, p_state: Any, spec) -> tuple[dict[str, float
   return out, embeddings
 
 
-def write_outputs(workdir: str, config: ml_collections.ConfigDict, final_eval: dict[str, float],
-                  embeddings: dict[str, np.ndarray], *, total_steps: int, num_devices: int,
-                  clock: timing.PhaseClock, resumed_from: int) -> None:
+def write_outputs(
+  workdir: str,
+  config: ml_collections.ConfigDict,
+  final_eval: dict[str, float],
+  embeddings: dict[str, np.ndarray],
+  *,
+  total_steps: int,
+  num_devices: int,
+  clock: timing.PhaseClock,
+  resumed_from: int,
+) -> None:
   """report.md and the figures, from metrics.jsonl and the final embeddings."""
   records = run_io.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   training_plots.plot_curves(records, os.path.join(workdir, "curves.png"))
   paired_images = embeddings["image"][embeddings["text_to_image"]]
   training_plots.plot_embedding_pca(
-      paired_images, embeddings["text"], os.path.join(workdir, "embeddings_pca.png"),
-      title=f"{config.method}: Δ = {final_eval['gap']:.3f}, τ = {final_eval['tau']:.4f}", seed=config.seed)
-  run_io.write_text(os.path.join(workdir, "report.md"),
-                    render_report(config, final_eval, total_steps=total_steps, num_devices=num_devices,
-                                  clock=clock, resumed_from=resumed_from))
+    paired_images,
+    embeddings["text"],
+    os.path.join(workdir, "embeddings_pca.png"),
+    title=f"{config.method}: Δ = {final_eval['gap']:.3f}, τ = {final_eval['tau']:.4f}",
+    seed=config.seed,
+  )
+  run_io.write_text(
+    os.path.join(workdir, "report.md"),
+    render_report(
+      config, final_eval, total_steps=total_steps, num_devices=num_devices, clock=clock, resumed_from=resumed_from
+    ),
+  )
 
 
 REPORT_ROWS = (
-    ("modality gap Δ (all pairs)", "gap"), ("modality gap Δ (512 random pairs)", "gap_512"),
-    ("temperature τ", "tau"), ("eval loss", "loss"),
-    ("uniformity −W2 (union) ↑", "uniformity_w2"), ("uniformity −W2 image / text", ("uniformity_w2_image",
-                                                                                  "uniformity_w2_text")),
-    ("uniformity Wang–Isola (union) ↓", "uniformity_wi"), ("alignment ↓", "alignment"),
-    ("text retrieval i2t R@1 / R@5 / R@10", ("i2t_r1", "i2t_r5", "i2t_r10")),
-    ("image retrieval t2i R@1 / R@5 / R@10", ("t2i_r1", "t2i_r5", "t2i_r10")),
-    ("zero-shot top-1", "zeroshot_top1"), ("linear-probe top-1", "linear_probe_top1"),
+  ("modality gap Δ (all pairs)", "gap"),
+  ("modality gap Δ (512 random pairs)", "gap_512"),
+  ("temperature τ", "tau"),
+  ("eval loss", "loss"),
+  ("uniformity −W2 (union) ↑", "uniformity_w2"),
+  ("uniformity −W2 image / text", ("uniformity_w2_image", "uniformity_w2_text")),
+  ("uniformity Wang–Isola (union) ↓", "uniformity_wi"),
+  ("alignment ↓", "alignment"),
+  ("text retrieval i2t R@1 / R@5 / R@10", ("i2t_r1", "i2t_r5", "i2t_r10")),
+  ("image retrieval t2i R@1 / R@5 / R@10", ("t2i_r1", "t2i_r5", "t2i_r10")),
+  ("zero-shot top-1", "zeroshot_top1"),
+  ("linear-probe top-1", "linear_probe_top1"),
 )
 
 
 PHASE_LABELS = {
-    "dataset": "dataset build and load, tokenizer, device-resident split",
-    "setup": "model initialisation",
-    "compile": "train-step compilation",
-    "train": "train steps",
-    "eval": "evaluation (its compilation included)",
-    "checkpoint": "checkpoints (restore, save)",
-    "outputs": "figures and report",
-    "other": "outside the phases above (this report included; imports excluded)",
+  "dataset": "dataset build and load, tokenizer, device-resident split",
+  "setup": "model initialisation",
+  "compile": "train-step compilation",
+  "train": "train steps",
+  "eval": "evaluation (its compilation included)",
+  "checkpoint": "checkpoints (restore, save)",
+  "outputs": "figures and report",
+  "other": "outside the phases above (this report included; imports excluded)",
 }
 
 
-def render_report(config: ml_collections.ConfigDict, final_eval: dict[str, float], *, total_steps: int,
-                  num_devices: int, clock: timing.PhaseClock, resumed_from: int) -> str:
+def render_report(
+  config: ml_collections.ConfigDict,
+  final_eval: dict[str, float],
+  *,
+  total_steps: int,
+  num_devices: int,
+  clock: timing.PhaseClock,
+  resumed_from: int,
+) -> str:
   """A short Markdown report of the final evaluation."""
 
   def fmt(key):
@@ -470,21 +601,30 @@ def render_report(config: ml_collections.ConfigDict, final_eval: dict[str, float
 
   t = config.temperature
   lines = [
-      f"# modgap_jax run: {config.method}", "",
-      f"- dataset: `{config.dataset.name}` (train `{config.dataset.train_split}`, eval `{config.dataset.eval_split}`)",
-      f"- temperature: mode `{t.mode}`, reparameterisation `{t.reparam}`, τ₀ {t.tau_init}, "
-      f"β cap {t.beta_cap or 'none'}, ν lr × {t.lr_multiplier}",
-      f"- swap: `{config.swap.method}` with p = {config.swap.p}",
-      f"- {total_steps} steps of global batch {config.batch_size} on {num_devices} device(s); "
-      f"{steps_per_dispatch(config)} per dispatch" + (f", resumed from step {resumed_from}" if resumed_from else ""),
-      "", "| metric | final |", "|---|---|",
+    f"# modgap_jax run: {config.method}",
+    "",
+    f"- dataset: `{config.dataset.name}` (train `{config.dataset.train_split}`, eval `{config.dataset.eval_split}`)",
+    f"- temperature: mode `{t.mode}`, reparameterisation `{t.reparam}`, τ₀ {t.tau_init}, "
+    f"β cap {t.beta_cap or 'none'}, ν lr × {t.lr_multiplier}",
+    f"- swap: `{config.swap.method}` with p = {config.swap.p}",
+    f"- {total_steps} steps of global batch {config.batch_size} on {num_devices} device(s); "
+    f"{steps_per_dispatch(config)} per dispatch" + (f", resumed from step {resumed_from}" if resumed_from else ""),
+    "",
+    "| metric | final |",
+    "|---|---|",
   ]
   lines += [f"| {label} | {fmt(key)} |" for label, key in REPORT_ROWS]
   rows = clock.rows()
   total = sum(seconds for _, seconds in rows)
   lines += ["", f"Wall time of this invocation: {total:.1f} s", "", "| phase | seconds | share |", "|---|---|---|"]
-  lines += [f"| {PHASE_LABELS.get(phase, phase)} | {seconds:.1f} | {seconds / max(total, 1e-9):.0%} |"
-            for phase, seconds in rows]
-  lines += ["", "Figures: `curves.png` (loss, τ, Δ over steps), `embeddings_pca.png` (paper Fig. 1 style).",
-            "All numbers per step: `metrics.jsonl`.", ""]
+  lines += [
+    f"| {PHASE_LABELS.get(phase, phase)} | {seconds:.1f} | {seconds / max(total, 1e-9):.0%} |"
+    for phase, seconds in rows
+  ]
+  lines += [
+    "",
+    "Figures: `curves.png` (loss, τ, Δ over steps), `embeddings_pca.png` (paper Fig. 1 style).",
+    "All numbers per step: `metrics.jsonl`.",
+    "",
+  ]
   return "\n".join(lines)

@@ -43,6 +43,7 @@ class TrainState:
   same randomness as an uninterrupted one. ``nonfinite_skips`` counts the updates dropped
   under ``config.nonfinite = 'skip'``.
   """
+
   step: jax.Array
   params: Any
   batch_stats: Any
@@ -56,13 +57,16 @@ def model_variables(params: Any, batch_stats: Any) -> dict[str, Any]:
   return {"params": params, **({"batch_stats": batch_stats} if jax.tree_util.tree_leaves(batch_stats) else {})}
 
 
-def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict, total_steps: int,
-                           warmup_steps: int) -> optax.Schedule:
+def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict, total_steps: int, warmup_steps: int) -> optax.Schedule:
   """Linear warm-up from 0 to ``opt_cfg.learning_rate``, then cosine decay to 0 (MATH.md §5.1)."""
   warmup_steps = min(max(int(warmup_steps), 0), max(total_steps - 1, 0))
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=opt_cfg.learning_rate, warmup_steps=warmup_steps,
-      decay_steps=max(total_steps, warmup_steps + 1), end_value=0.0)
+    init_value=0.0,
+    peak_value=opt_cfg.learning_rate,
+    warmup_steps=warmup_steps,
+    decay_steps=max(total_steps, warmup_steps + 1),
+    end_value=0.0,
+  )
 
 
 def decay_mask(params: Any) -> Any:
@@ -75,9 +79,12 @@ def decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(is_kernel, params)
 
 
-def make_optimizer(config: ml_collections.ConfigDict, total_steps: int, warmup_steps: int,
-                   schedule: optax.Schedule | None = None,
-                   ) -> tuple[optax.GradientTransformation, temperature.TemperatureSpec]:
+def make_optimizer(
+  config: ml_collections.ConfigDict,
+  total_steps: int,
+  warmup_steps: int,
+  schedule: optax.Schedule | None = None,
+) -> tuple[optax.GradientTransformation, temperature.TemperatureSpec]:
   """AdamW (warm-up + cosine, decay on kernels only) with ν routed by its temperature mode.
 
   ``schedule``: the run's :func:`learning_rate_schedule`, when the caller already holds it
@@ -93,16 +100,23 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int, warmup_s
   return tx, spec
 
 
-def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, image_shape: tuple[int, ...],
-               context_length: int) -> TrainState:
+def init_state(
+  model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, image_shape: tuple[int, ...], context_length: int
+) -> TrainState:
   """Initialises params (and BatchNorm statistics, if any) on the host."""
   init_rng, state_rng = jax.random.split(rng)
   images = jnp.zeros((2, *image_shape), jnp.float32)
   tokens = jnp.zeros((2, context_length), jnp.int32)
   variables = jax.jit(functools.partial(model.init, train=False))(init_rng, images, tokens)
   params = variables["params"]
-  return TrainState(step=jnp.zeros([], jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
-                    opt_state=tx.init(params), rng=state_rng, nonfinite_skips=jnp.zeros([], jnp.int32))
+  return TrainState(
+    step=jnp.zeros([], jnp.int32),
+    params=params,
+    batch_stats=variables.get("batch_stats", {}),
+    opt_state=tx.init(params),
+    rng=state_rng,
+    nonfinite_skips=jnp.zeros([], jnp.int32),
+  )
 
 
 NONFINITE_POLICIES = ("stop", "skip")
@@ -122,10 +136,18 @@ def describe_nonfinite(code: int) -> str:
   return ", ".join(part for bit, part in enumerate(NONFINITE_PARTS) if int(code) >> bit & 1)
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
-               tx: optax.GradientTransformation, reparam: temperature.Reparam,
-               swap_method: str = "none", swap_p: float = 0.0, swap_renormalize: bool = True,
-               skip_nonfinite: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  *,
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  reparam: temperature.Reparam,
+  swap_method: str = "none",
+  swap_p: float = 0.0,
+  swap_renormalize: bool = True,
+  skip_nonfinite: bool = False,
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step on the local rows; call it under ``pmap(axis_name=AXIS)``.
 
   Returns the new state and the step's logs (global-batch values, identical on every device).
@@ -141,14 +163,16 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   def loss_fn(params):
     variables = model_variables(params, state.batch_stats)
     if has_bn:
-      (image_emb, text_emb), updated = model.apply(variables, batch["image"], batch["text"], train=True,
-                                                   mutable=["batch_stats"])
+      (image_emb, text_emb), updated = model.apply(
+        variables, batch["image"], batch["text"], train=True, mutable=["batch_stats"]
+      )
       new_stats = updated["batch_stats"]
     else:
       image_emb, text_emb = model.apply(variables, batch["image"], batch["text"], train=True)
       new_stats = state.batch_stats
-    swapped_image, swapped_text = swap.apply(swap_rng, image_emb, text_emb, swap_method, swap_p,
-                                             renormalize=swap_renormalize)
+    swapped_image, swapped_text = swap.apply(
+      swap_rng, image_emb, text_emb, swap_method, swap_p, renormalize=swap_renormalize
+    )
     beta = temperature.beta_from_params(params, reparam)
     stats = losses.clip_loss_with_stats(swapped_image, swapped_text, beta, axis_name=AXIS)
     return stats.loss, (stats, new_stats, image_emb, text_emb, beta)
@@ -165,46 +189,67 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   skips = state.nonfinite_skips
   if skip_nonfinite:
     keep = code == 0
-    params, new_stats, opt_state = jax.tree.map(lambda new, old: jnp.where(keep, new, old),
-                                                (params, new_stats, opt_state),
-                                                (state.params, state.batch_stats, state.opt_state))
+    params, new_stats, opt_state = jax.tree.map(
+      lambda new, old: jnp.where(keep, new, old),
+      (params, new_stats, opt_state),
+      (state.params, state.batch_stats, state.opt_state),
+    )
     skips = skips + (~keep).astype(jnp.int32)
 
   logs = {
-      "loss": stats.loss,
-      "loss_i2t": stats.loss_image_to_text,
-      "loss_t2i": stats.loss_text_to_image,
-      "positive_logit": stats.positive_logit,
-      "negative_logit": stats.negative_logit,
-      "nu": state.params["temperature"]["nu"],
-      "beta": beta,
-      "tau": 1.0 / beta,
-      "grad_norm": grad_norm,
-      "gap": metrics.modality_gap(image_emb, text_emb, axis_name=AXIS),
-      "nonfinite": code,
-      "nonfinite_skips": skips,
+    "loss": stats.loss,
+    "loss_i2t": stats.loss_image_to_text,
+    "loss_t2i": stats.loss_text_to_image,
+    "positive_logit": stats.positive_logit,
+    "negative_logit": stats.negative_logit,
+    "nu": state.params["temperature"]["nu"],
+    "beta": beta,
+    "tau": 1.0 / beta,
+    "grad_norm": grad_norm,
+    "gap": metrics.modality_gap(image_emb, text_emb, axis_name=AXIS),
+    "nonfinite": code,
+    "nonfinite_skips": skips,
   }
-  new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state,
-                            nonfinite_skips=skips)
+  new_state = state.replace(
+    step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state, nonfinite_skips=skips
+  )
   return new_state, logs
 
 
-def make_pmapped_train_step(model: nn.Module, tx: optax.GradientTransformation, reparam: temperature.Reparam,
-                            swap_cfg: ml_collections.ConfigDict, nonfinite: str = "stop"):
+def make_pmapped_train_step(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  reparam: temperature.Reparam,
+  swap_cfg: ml_collections.ConfigDict,
+  nonfinite: str = "stop",
+):
   """``train_step`` pmapped over every local device; the replicated state is donated."""
   return jax.pmap(bind_step(model, tx, reparam, swap_cfg, nonfinite), axis_name=AXIS, donate_argnums=(0,))
 
 
-def bind_step(model: nn.Module, tx: optax.GradientTransformation, reparam: temperature.Reparam,
-              swap_cfg: ml_collections.ConfigDict, nonfinite: str = "stop") -> Callable:
+def bind_step(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  reparam: temperature.Reparam,
+  swap_cfg: ml_collections.ConfigDict,
+  nonfinite: str = "stop",
+) -> Callable:
   """``train_step`` with the model, optimizer, β map, swap settings and non-finite policy bound."""
-  return functools.partial(train_step, model=model, tx=tx, reparam=reparam, swap_method=swap_cfg.method,
-                           swap_p=float(swap_cfg.p), swap_renormalize=bool(swap_cfg.renormalize),
-                           skip_nonfinite=nonfinite == "skip")
+  return functools.partial(
+    train_step,
+    model=model,
+    tx=tx,
+    reparam=reparam,
+    swap_method=swap_cfg.method,
+    swap_p=float(swap_cfg.p),
+    swap_renormalize=bool(swap_cfg.renormalize),
+    skip_nonfinite=nonfinite == "skip",
+  )
 
 
-def _scan_steps(body: Callable, state: TrainState, xs: Any, num_steps: int,
-                unroll: bool) -> tuple[TrainState, dict[str, jax.Array]]:
+def _scan_steps(
+  body: Callable, state: TrainState, xs: Any, num_steps: int, unroll: bool
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """``num_steps`` applications of ``body(state, x)``, logs stacked on a leading axis.
 
   One step is called directly. Several run as a ``lax.scan``, fully unrolled when ``unroll``:
@@ -217,9 +262,16 @@ def _scan_steps(body: Callable, state: TrainState, xs: Any, num_steps: int,
   return lax.scan(body, state, xs, length=num_steps, unroll=num_steps if unroll else 1)
 
 
-def resident_steps(state: TrainState, split: resident.ResidentSplit, data_key: jax.Array, *, step_fn: Callable,
-                   sampling: resident.Sampling, num_steps: int,
-                   unroll: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
+def resident_steps(
+  state: TrainState,
+  split: resident.ResidentSplit,
+  data_key: jax.Array,
+  *,
+  step_fn: Callable,
+  sampling: resident.Sampling,
+  num_steps: int,
+  unroll: bool = False,
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """``num_steps`` steps, each drawing batch ``state.step`` from the resident split.
 
   Returns the final state and the logs of every step, stacked on a leading [num_steps] axis.
@@ -231,8 +283,9 @@ def resident_steps(state: TrainState, split: resident.ResidentSplit, data_key: j
   return _scan_steps(body, state, None, num_steps, unroll)
 
 
-def streamed_steps(state: TrainState, batches: dict[str, jax.Array], *, step_fn: Callable, num_steps: int,
-                   unroll: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
+def streamed_steps(
+  state: TrainState, batches: dict[str, jax.Array], *, step_fn: Callable, num_steps: int, unroll: bool = False
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One step per leading entry of ``batches`` ([num_steps, b, ...] leaves), logs stacked."""
   return _scan_steps(step_fn, state, batches, num_steps, unroll)
 
@@ -268,15 +321,25 @@ class MultiStep:
     return self._compile(num_steps, p_state, *inputs)(p_state, *inputs)
 
 
-def make_resident_multistep(model: nn.Module, tx: optax.GradientTransformation, reparam: temperature.Reparam,
-                            swap_cfg: ml_collections.ConfigDict, sampling: resident.Sampling,
-                            nonfinite: str = "stop") -> MultiStep:
+def make_resident_multistep(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  reparam: temperature.Reparam,
+  swap_cfg: ml_collections.ConfigDict,
+  sampling: resident.Sampling,
+  nonfinite: str = "stop",
+) -> MultiStep:
   """``run(k, p_state, p_split, p_data_key)``: k steps that draw their own batches on device."""
   step_fn = bind_step(model, tx, reparam, swap_cfg, nonfinite)
   return MultiStep(resident_steps, dict(step_fn=step_fn, sampling=sampling))
 
 
-def make_streamed_multistep(model: nn.Module, tx: optax.GradientTransformation, reparam: temperature.Reparam,
-                            swap_cfg: ml_collections.ConfigDict, nonfinite: str = "stop") -> MultiStep:
+def make_streamed_multistep(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  reparam: temperature.Reparam,
+  swap_cfg: ml_collections.ConfigDict,
+  nonfinite: str = "stop",
+) -> MultiStep:
   """``run(k, p_state, p_batches)`` with host batches stacked as [devices, k, b, ...]."""
   return MultiStep(streamed_steps, dict(step_fn=bind_step(model, tx, reparam, swap_cfg, nonfinite)))

@@ -26,16 +26,33 @@ from modgap_jax.errors import ConfigError
 
 # Fields a resumed run may change: they decide what is logged, evaluated, kept or shown, and
 # where the data is read from, never the training itself.
-RESUMABLE_CHANGES = ("progress_bar", "tensorboard", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
-                     "dataset.data_dir", "dataset.num_workers", "eval.batch_size")
+RESUMABLE_CHANGES = (
+  "progress_bar",
+  "tensorboard",
+  "log_every",
+  "eval_every",
+  "checkpoint_every",
+  "keep_checkpoints",
+  "dataset.data_dir",
+  "dataset.num_workers",
+  "eval.batch_size",
+)
 
 # Fields added to the config after runs existed, with the value that does what the code did
 # before them: a run started earlier resumes under the new code when they hold that value.
 ADDED_FIELDS = {
-    "nonfinite": "stop", "tensorboard": True,
-    "dataset": {"num_workers": -1, "path": "", "store_size": 256, "karpathy_split": "", "test_fraction": 0.1,
-                "split_seed": 0, "crop_scale": (),
-                "crop_ratio": (3 / 4, 4 / 3)},
+  "nonfinite": "stop",
+  "tensorboard": True,
+  "dataset": {
+    "num_workers": -1,
+    "path": "",
+    "store_size": 256,
+    "karpathy_split": "",
+    "test_fraction": 0.1,
+    "split_seed": 0,
+    "crop_scale": (),
+    "crop_ratio": (3 / 4, 4 / 3),
+  },
 }
 
 CONFIG_FILE = "config.json"
@@ -54,8 +71,9 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   return flat
 
 
-def config_changes(old: Mapping[str, Any], new: Mapping[str, Any],
-                   defaults: Mapping[str, Any] | None = None) -> list[tuple[str, Any, Any]]:
+def config_changes(
+  old: Mapping[str, Any], new: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+) -> list[tuple[str, Any, Any]]:
   """(field, old, new) for every field that differs and may not, in field order.
 
   A field the old config lacks but the new one sets to its value in ``defaults`` is no
@@ -84,13 +102,17 @@ def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
     with open(path) as f:
       old = json.load(f)
   except (OSError, json.JSONDecodeError) as e:
-    raise ConfigError(f"--workdir={workdir}: its {CONFIG_FILE} is unreadable ({type(e).__name__}); "
-                      "move the workdir away or choose another") from None
+    raise ConfigError(
+      f"--workdir={workdir}: its {CONFIG_FILE} is unreadable ({type(e).__name__}); "
+      "move the workdir away or choose another"
+    ) from None
   changes = config_changes(old, config.to_dict(), ADDED_FIELDS)
   if changes:
     listed = ", ".join(f"{field}: {before!r} -> {after!r}" for field, before, after in changes)
-    raise ConfigError(f"--workdir={workdir} holds a run with a different config ({listed}); use a new --workdir, "
-                      f"or change only {', '.join(RESUMABLE_CHANGES)}")
+    raise ConfigError(
+      f"--workdir={workdir} holds a run with a different config ({listed}); use a new --workdir, "
+      f"or change only {', '.join(RESUMABLE_CHANGES)}"
+    )
 
 
 class WorkdirLock:
@@ -110,8 +132,10 @@ class WorkdirLock:
       file.seek(0)
       holder = file.read().strip() or "unknown"
       file.close()
-      raise ConfigError(f"--workdir={self.workdir} is in use by another process (pid {holder}); wait for it to "
-                        "finish or choose another --workdir") from None
+      raise ConfigError(
+        f"--workdir={self.workdir} is in use by another process (pid {holder}); wait for it to "
+        "finish or choose another --workdir"
+      ) from None
     file.seek(0)
     file.truncate()
     file.write(f"{os.getpid()}\n")

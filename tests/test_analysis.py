@@ -44,8 +44,13 @@ def make_data(seed=0, n=40, d=6, captions=2, classes=3):
   y = x[t2i] + 0.6 * rng.normal(size=(n * captions, d)) - 1.5 * np.eye(d)[0]
   scale = rng.uniform(0.5, 3.0, size=(n, 1))  # varied norms
   class_emb = centres[:, None, :] + 0.3 * rng.normal(size=(classes, 2, d))  # [C, T, d]
-  return dict(image_emb=(x * scale).astype(np.float32), text_emb=y.astype(np.float32), text_to_image=t2i,
-              labels=labels, class_text_emb=class_emb.astype(np.float32))
+  return dict(
+    image_emb=(x * scale).astype(np.float32),
+    text_emb=y.astype(np.float32),
+    text_to_image=t2i,
+    labels=labels,
+    class_text_emb=class_emb.astype(np.float32),
+  )
 
 
 def ref_recalls(x, y, t2i, ks=(1, 5, 10)):
@@ -133,14 +138,25 @@ def ref_shift(x, y, t2i, g, lam, beta, labels, class_emb):
   pi, pt = ref_first_pairs(t2i, len(x))
   rec = ref_recalls(xs, ys, t2i, ks=(1,))
   prompts = unit(unit(class_emb) + lam * g / 2)
-  return {"loss": ref_clip_loss(xs[pi], ys[pt], beta), "i2t_r1": rec["i2t_r1"], "t2i_r1": rec["t2i_r1"],
-          "gap": np.linalg.norm(xs[t2i].mean(0) - ys.mean(0)), "zeroshot_top1": ref_zero_shot(xs, labels, prompts)}
+  return {
+    "loss": ref_clip_loss(xs[pi], ys[pt], beta),
+    "i2t_r1": rec["i2t_r1"],
+    "t2i_r1": rec["t2i_r1"],
+    "gap": np.linalg.norm(xs[t2i].mean(0) - ys.mean(0)),
+    "zeroshot_top1": ref_zero_shot(xs, labels, prompts),
+  }
 
 
 def run_analyze(data, **kwargs):
   kwargs = {**dict(beta=BETA, lambdas=LAMBDAS, probe_l2=L2, probe_steps=500), **kwargs}
-  return analysis.analyze(data["image_emb"], data["text_emb"], text_to_image=data.get("text_to_image"),
-                          labels=data.get("labels"), class_text_emb=data.get("class_text_emb"), **kwargs)
+  return analysis.analyze(
+    data["image_emb"],
+    data["text_emb"],
+    text_to_image=data.get("text_to_image"),
+    labels=data.get("labels"),
+    class_text_emb=data.get("class_text_emb"),
+    **kwargs,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -184,8 +200,9 @@ def test_norm_report(data, result):
   norms = np.linalg.norm(data["image_emb"].astype(np.float64), axis=1)
   assert result["input_norm_image_min"] == pytest.approx(norms.min(), rel=1e-6)
   assert result["input_norm_image_max"] == pytest.approx(norms.max(), rel=1e-6)
-  unit_data = dict(data, image_emb=unit(data["image_emb"]).astype(np.float32),
-                   text_emb=unit(data["text_emb"]).astype(np.float32))
+  unit_data = dict(
+    data, image_emb=unit(data["image_emb"]).astype(np.float32), text_emb=unit(data["text_emb"]).astype(np.float32)
+  )
   again = run_analyze(unit_data, chunk_size=16, hist_bins=40)
   assert not again["norms_varied"] and again["inputs_unit_norm"]
   for key in ("gap", "loss", "i2t_r1", "cone_image", "shift_best_lambda", "uniformity_wi_union"):
@@ -212,7 +229,7 @@ def test_cone_and_histograms_match_reference(data, result):
 def test_gap_location_matches_reference(data, result):
   x, y, t2i = unit(data["image_emb"]), unit(data["text_emb"]), data["text_to_image"]
   g = x[t2i].mean(0) - y.mean(0)
-  share = g ** 2 / (g @ g)
+  share = g**2 / (g @ g)
   np.testing.assert_allclose(result["gap_share"], share, atol=1e-5)
   order = np.argsort(-share)
   cumulative = np.cumsum(share[order])
@@ -256,7 +273,8 @@ def test_effective_rank_closed_form():
   rows = np.repeat(q[:3], 4, axis=0)
   assert analysis.effective_rank(rows) == pytest.approx(3.0, rel=1e-9)
   assert analysis.effective_rank(np.array([[2.0, 0.0], [0.0, 1.0]])) == pytest.approx(
-      np.exp(-(2 / 3 * np.log(2 / 3) + 1 / 3 * np.log(1 / 3))), rel=1e-12)
+    np.exp(-(2 / 3 * np.log(2 / 3) + 1 / 3 * np.log(1 / 3))), rel=1e-12
+  )
 
 
 def test_shift_curve_matches_reference(data, result):
@@ -286,7 +304,7 @@ def test_parallel_fit_matches_reference(data, result):
   assert result["parallel_gamma"] == pytest.approx(result["gap"] / 2, abs=1e-6)  # along ĝ the bound is tight
   assert result["parallel_offset"] == pytest.approx(c, abs=1e-6)
   assert result["parallel_r2"] == pytest.approx(r2, abs=1e-5)
-  assert result["parallel_kappa"] == pytest.approx(BETA * (1 - gamma ** 2), rel=1e-6)
+  assert result["parallel_kappa"] == pytest.approx(BETA * (1 - gamma**2), rel=1e-6)
   assert result["parallel_bound_holds"]
 
 
@@ -299,7 +317,7 @@ def parallel_model(gamma, n=8, d=5, matched=True, seed=0):
   """h^x = (√(1−γ²) u, +γ), h^y = (√(1−γ²) v, −γ); v = u (matched) or a cyclic shift of u."""
   u = unit(np.random.default_rng(seed).normal(size=(n, d - 1)))
   v = u if matched else np.roll(u, 1, axis=0)
-  r = np.sqrt(1 - gamma ** 2)
+  r = np.sqrt(1 - gamma**2)
   x = np.concatenate([r * u, np.full((n, 1), gamma)], axis=1)
   y = np.concatenate([r * v, np.full((n, 1), -gamma)], axis=1)
   return x, y, u @ v.T
@@ -307,7 +325,7 @@ def parallel_model(gamma, n=8, d=5, matched=True, seed=0):
 
 def shifted_gamma(gamma, lam):
   """γ' after the shift: g = 2γe when ū = v̄, so the offset becomes γ(1−λ), then re-normalised."""
-  return gamma * (1 - lam) / np.sqrt(1 - gamma ** 2 + gamma ** 2 * (1 - lam) ** 2)
+  return gamma * (1 - lam) / np.sqrt(1 - gamma**2 + gamma**2 * (1 - lam) ** 2)
 
 
 @pytest.mark.parametrize("matched", [True, False])
@@ -320,7 +338,7 @@ def test_shift_on_parallel_model_has_closed_form_optimum(matched):
   for i, lam in enumerate(lambdas):
     gp = shifted_gamma(gamma, lam)
     # MATH.md §3.1: the loss is ℓ(κ S) with κ = β(1 − γ'²); the −γ'² term cancels in the softmaxes.
-    kappa = beta * (1 - gp ** 2)
+    kappa = beta * (1 - gp**2)
     assert r["shift"]["loss"][i] == pytest.approx(ref_clip_loss(np.eye(len(s)), s, kappa), rel=2e-5), lam
     assert r["shift"]["gap"][i] == pytest.approx(2 * abs(gp), abs=1e-6), lam
   # Matched pairs: ℓ decreases in κ, κ is largest at γ' = 0, i.e. λ = 1 (the curve is symmetric about it).
@@ -333,7 +351,7 @@ def test_shift_on_parallel_model_has_closed_form_optimum(matched):
   assert r["parallel_gamma"] == pytest.approx(gamma, abs=1e-6)
   assert r["parallel_r2"] == pytest.approx(1.0, abs=1e-6) and r["parallel_offset"] == pytest.approx(0, abs=1e-6)
   assert r["gap"] == pytest.approx(2 * gamma, abs=1e-6)
-  assert r["cross_cosine"] == pytest.approx((1 - gamma ** 2) * s.mean() - gamma ** 2, abs=1e-6)
+  assert r["cross_cosine"] == pytest.approx((1 - gamma**2) * s.mean() - gamma**2, abs=1e-6)
 
 
 # ----------------------------------------------------------------------------------------
@@ -341,18 +359,42 @@ def test_shift_on_parallel_model_has_closed_form_optimum(matched):
 # ----------------------------------------------------------------------------------------
 
 ROTATION_INVARIANT = (
-    "gap", "gap_512", "alignment", "loss", "uniformity_w2_image", "uniformity_w2_text", "uniformity_w2_union",
-    "uniformity_wi_image", "uniformity_wi_text", "uniformity_wi_union", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1",
-    "t2i_r5", "t2i_r10", "zeroshot_top1", "cone_image", "cone_text", "cross_cosine", "paired_cosine",
-    "effective_rank_image", "effective_rank_text", "shift_best_lambda", "parallel_gamma", "parallel_offset",
-    "parallel_r2")
+  "gap",
+  "gap_512",
+  "alignment",
+  "loss",
+  "uniformity_w2_image",
+  "uniformity_w2_text",
+  "uniformity_w2_union",
+  "uniformity_wi_image",
+  "uniformity_wi_text",
+  "uniformity_wi_union",
+  "i2t_r1",
+  "i2t_r5",
+  "i2t_r10",
+  "t2i_r1",
+  "t2i_r5",
+  "t2i_r10",
+  "zeroshot_top1",
+  "cone_image",
+  "cone_text",
+  "cross_cosine",
+  "paired_cosine",
+  "effective_rank_image",
+  "effective_rank_text",
+  "shift_best_lambda",
+  "parallel_gamma",
+  "parallel_offset",
+  "parallel_r2",
+)
 
 
 def test_rotation_invariance_and_coordinate_equivariance(data, result):
   d = data["image_emb"].shape[1]
   q = np.linalg.qr(np.random.default_rng(3).normal(size=(d, d)))[0]
-  rotated = dict(data, image_emb=data["image_emb"] @ q, text_emb=data["text_emb"] @ q,
-                 class_text_emb=data["class_text_emb"] @ q)
+  rotated = dict(
+    data, image_emb=data["image_emb"] @ q, text_emb=data["text_emb"] @ q, class_text_emb=data["class_text_emb"] @ q
+  )
   r = run_analyze(rotated, chunk_size=16, hist_bins=40)
   for key in ROTATION_INVARIANT:
     assert r[key] == pytest.approx(result[key], abs=2e-5), key
@@ -361,8 +403,12 @@ def test_rotation_invariance_and_coordinate_equivariance(data, result):
   # The per-coordinate quantities are not rotation invariant; a permutation of the coordinates
   # permutes the shares and keeps the counts.
   perm = np.random.default_rng(4).permutation(d)
-  permuted = dict(data, image_emb=data["image_emb"][:, perm], text_emb=data["text_emb"][:, perm],
-                  class_text_emb=data["class_text_emb"][..., perm])
+  permuted = dict(
+    data,
+    image_emb=data["image_emb"][:, perm],
+    text_emb=data["text_emb"][:, perm],
+    class_text_emb=data["class_text_emb"][..., perm],
+  )
   p = run_analyze(permuted, chunk_size=16, hist_bins=40)
   np.testing.assert_allclose(p["gap_share"], np.asarray(result["gap_share"])[perm], atol=1e-6)
   assert (p["gap_dims_50"], p["gap_dims_90"]) == (result["gap_dims_50"], result["gap_dims_90"])
@@ -421,23 +467,35 @@ def task_config(embeddings, **overrides):
 
 
 BAD_FILES = [
-    (dict(text_emb=np.ones((4, 3))), "has no key 'image_emb' (float [N, d])"),
-    (dict(image_emb=np.ones((4, 3))), "has no key 'text_emb' (float [M, d])"),
-    (dict(image_emb=np.ones(4), text_emb=np.ones((4, 3))), "image_emb must have shape [N, d]; got (4,)"),
-    (dict(image_emb=np.ones((4, 3)), text_emb=np.ones((4, 2))), "text_emb must have shape [M, 3]; got (4, 2)"),
-    (dict(image_emb=np.ones((4, 3)), text_emb=np.ones((5, 3))), "text_to_image must have shape [M] = (5,)"),
-    (dict(image_emb=np.ones((4, 3)), text_emb=np.ones((5, 3)), text_to_image=np.arange(5)),
-     "text_to_image values must lie in [0, N) = [0, 4); got [0, 4]"),
-    (dict(image_emb=np.ones((4, 3)), text_emb=np.ones((4, 3)), labels=np.zeros(3, int)),
-     "labels must be an int array of shape [N] = (4,); got shape (3,)"),
-    (dict(image_emb=np.ones((4, 3)), text_emb=np.ones((4, 3)), labels=np.zeros(4, int),
-          class_text_emb=np.ones((2, 4))), "class_text_emb must have shape [C, 3] or [C, T, 3]; got (2, 4)"),
-    (dict(image_emb=np.ones((4, 3)), text_emb=np.ones((4, 3)), class_text_emb=np.ones((2, 3))),
-     "labels must have shape [N] = (4,) when class_text_emb is given"),
-    (dict(image_emb=np.ones((4, 3)), text_emb=np.ones((4, 3)), labels=np.array([0, 1, 2, 2]),
-          class_text_emb=np.ones((2, 3))), "labels values must lie in [0, C) = [0, 2)"),
-    (dict(image_emb=np.eye(4, 3), text_emb=np.ones((4, 3))), "image_emb row 3 has norm 0.0"),
-    (dict(image_emb=np.ones((4, 3)), text_emb=np.full((4, 3), np.nan)), "text_emb row 0 has norm nan"),
+  (dict(text_emb=np.ones((4, 3))), "has no key 'image_emb' (float [N, d])"),
+  (dict(image_emb=np.ones((4, 3))), "has no key 'text_emb' (float [M, d])"),
+  (dict(image_emb=np.ones(4), text_emb=np.ones((4, 3))), "image_emb must have shape [N, d]; got (4,)"),
+  (dict(image_emb=np.ones((4, 3)), text_emb=np.ones((4, 2))), "text_emb must have shape [M, 3]; got (4, 2)"),
+  (dict(image_emb=np.ones((4, 3)), text_emb=np.ones((5, 3))), "text_to_image must have shape [M] = (5,)"),
+  (
+    dict(image_emb=np.ones((4, 3)), text_emb=np.ones((5, 3)), text_to_image=np.arange(5)),
+    "text_to_image values must lie in [0, N) = [0, 4); got [0, 4]",
+  ),
+  (
+    dict(image_emb=np.ones((4, 3)), text_emb=np.ones((4, 3)), labels=np.zeros(3, int)),
+    "labels must be an int array of shape [N] = (4,); got shape (3,)",
+  ),
+  (
+    dict(image_emb=np.ones((4, 3)), text_emb=np.ones((4, 3)), labels=np.zeros(4, int), class_text_emb=np.ones((2, 4))),
+    "class_text_emb must have shape [C, 3] or [C, T, 3]; got (2, 4)",
+  ),
+  (
+    dict(image_emb=np.ones((4, 3)), text_emb=np.ones((4, 3)), class_text_emb=np.ones((2, 3))),
+    "labels must have shape [N] = (4,) when class_text_emb is given",
+  ),
+  (
+    dict(
+      image_emb=np.ones((4, 3)), text_emb=np.ones((4, 3)), labels=np.array([0, 1, 2, 2]), class_text_emb=np.ones((2, 3))
+    ),
+    "labels values must lie in [0, C) = [0, 2)",
+  ),
+  (dict(image_emb=np.eye(4, 3), text_emb=np.ones((4, 3))), "image_emb row 3 has norm 0.0"),
+  (dict(image_emb=np.ones((4, 3)), text_emb=np.full((4, 3), np.nan)), "text_emb row 0 has norm nan"),
 ]
 
 
@@ -453,11 +511,14 @@ def test_bad_file_is_one_line_naming_key_and_shape(tmp_path, arrays, needle):
   assert not workdir.exists()
 
 
-@pytest.mark.parametrize("name,contents,needle", [
+@pytest.mark.parametrize(
+  "name,contents,needle",
+  [
     ("missing.npz", None, "no such file or directory"),
     ("notzip.npz", b"hello", "is not a readable .npz"),
     ("table.csv", b"1,2", "must be an .npz file"),
-])
+  ],
+)
 def test_bad_paths_and_options(tmp_path, name, contents, needle):
   path = tmp_path / name
   if contents is not None:
@@ -470,8 +531,11 @@ def test_bad_paths_and_options(tmp_path, name, contents, needle):
 def test_bad_options_and_second_bad_file_write_nothing(tmp_path):
   good = str(tmp_path / "good.npz")
   np.savez(good, image_emb=np.eye(4), text_emb=np.eye(4))
-  for config, needle in ((task_config(""), "embeddings is empty"), (task_config(good, beta=0.0), "beta=0.0"),
-                         (task_config(good, chunk_size=0), "chunk_size=0")):
+  for config, needle in (
+    (task_config(""), "embeddings is empty"),
+    (task_config(good, beta=0.0), "beta=0.0"),
+    (task_config(good, chunk_size=0), "chunk_size=0"),
+  ):
     with pytest.raises(ConfigError, match=needle):
       analyze_task.run(config, str(tmp_path / "w"))
   config = task_config(good)
@@ -500,8 +564,18 @@ def test_task_end_to_end_single_and_compare(tmp_path, data):
     assert os.path.getsize(tmp_path / "w1" / name) > 1000, name
   saved = json.load(open(tmp_path / "w1" / "analysis.json"))
   direct = run_analyze(data, chunk_size=1024, hist_bins=20, lambdas=np.linspace(-1, 1, 21), probe_steps=300)
-  for key in ("gap", "loss", "i2t_r1", "cone_text", "shift_best_lambda", "parallel_gamma", "zeroshot_top1",
-              "linear_probe_top1", "modality_separability", "gap_dims_90"):
+  for key in (
+    "gap",
+    "loss",
+    "i2t_r1",
+    "cone_text",
+    "shift_best_lambda",
+    "parallel_gamma",
+    "zeroshot_top1",
+    "linear_probe_top1",
+    "modality_separability",
+    "gap_dims_90",
+  ):
     assert saved[key] == pytest.approx(direct[key], abs=1e-6), key
   assert saved["shift"]["loss"] == pytest.approx(direct["shift"]["loss"], rel=1e-6)
   assert saved["ignored_keys"] == ["note"] and saved["source"] == a and out["gap"] == saved["gap"]

@@ -58,8 +58,7 @@ def test_smoke_cli_without_open_clip_reports_ours(no_peer, fast_init, monkeypatc
   lines = capsys.readouterr().out.splitlines()
   assert lines[0].startswith("benchmark ") and "backend cpu" in lines[0]
   assert lines.count(benchmark.PEER_MISSING) == 1
-  for label in ("float32 train step: ours ", "float32 image tower fwd+bwd: ours ",
-                "float32 text tower fwd+bwd: ours "):
+  for label in ("float32 train step: ours ", "float32 image tower fwd+bwd: ours ", "float32 text tower fwd+bwd: ours "):
     [line] = [line for line in lines if line.startswith(label)]
     assert "ms/step" in line and "examples/s" in line and "open_clip" not in line
   assert any(line.startswith("parameters: ours ") for line in lines)
@@ -78,8 +77,9 @@ def test_smoke_batch_rows_end_in_eot():
 
 def test_smoke_interleave_alternates_and_takes_medians():
   calls = []
-  medians = benchmark.interleave({"a": lambda n: calls.append(("a", n)), "b": lambda n: calls.append(("b", n))},
-                                 steps=12)
+  medians = benchmark.interleave(
+    {"a": lambda n: calls.append(("a", n)), "b": lambda n: calls.append(("b", n))}, steps=12
+  )
   assert set(medians) == {"a", "b"}
   # Warm-up, then rounds of 5 steps (3 rounds cover 12), the first runner alternating.
   assert [name for name, _ in calls] == ["a", "b", "a", "b", "b", "a", "a", "b"]
@@ -100,8 +100,9 @@ def test_smoke_peer_has_our_parameter_count_and_steps():
   config = FULL_CONFIG("tiny")
   model = benchmark.models.create_model(config.model, 0.0)
   size, length = config.model.image_size, config.model.context_length
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), np.zeros((2, size, size, 3), np.float32),
-                          np.zeros((2, length), np.int32))
+  shapes = jax.eval_shape(
+    model.init, jax.random.PRNGKey(0), np.zeros((2, size, size, 3), np.float32), np.zeros((2, length), np.int32)
+  )
   ours = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes["params"]))
   contender = benchmark.build_peer(*peer, config, benchmark.make_batch(config.model, 8), "float32")
   assert contender.num_params == ours == 2_040_089

@@ -23,10 +23,7 @@ from PIL import Image
 
 import modgap_jax.data as data
 from modgap_jax.data import examples
-from modgap_jax.data.builders import digits
-from modgap_jax.data.builders import fashion_mnist
-from modgap_jax.data.builders import twemoji
-from modgap_jax.data.builders import twemoji_source
+from modgap_jax.data.builders import digits, fashion_mnist, twemoji, twemoji_source
 from modgap_jax.errors import ConfigError
 
 FAKE_FASHION_COUNTS = {"train": 12, "test": 5}
@@ -176,14 +173,14 @@ def test_twemoji_variants_differ_from_their_base_only_by_skin_tone(twemoji_split
 
 def test_digits_builder_matches_sklearn(data_dir):
   from sklearn import datasets
+
   digits = datasets.load_digits()
   train, test = (_read_all(data.load("digits_captions", s, data_dir)) for s in ("train", "test"))
   assert (len(train), len(test)) == (1457, 340)
   images = np.stack([r["image"] for r in train + test])
   assert images.shape[1:] == (8, 8, 1) and images.dtype == np.uint8
   # Every stored image is one of sklearn's, rescaled from 0..16 to 0..255, with its label.
-  reference = {np.rint(im * 255 / 16).astype(np.uint8).tobytes(): int(y)
-               for im, y in zip(digits.images, digits.target)}
+  reference = {np.rint(im * 255 / 16).astype(np.uint8).tobytes(): int(y) for im, y in zip(digits.images, digits.target)}
   for record in train + test:
     assert reference[record["image"][..., 0].tobytes()] == record["label"]
   assert collections.Counter(r["label"] for r in train + test) == collections.Counter(digits.target.tolist())
@@ -196,6 +193,7 @@ def test_digits_builder_matches_sklearn(data_dir):
 
 def test_mnist5k_builder_matches_the_csv(data_dir):
   import csv
+
   with gzip.open(digits.mnist5k_path(), "rt") as f:
     rows = [list(map(int, row)) for row in csv.reader(f)]
   train, test = (_read_all(data.load("mnist5k_captions", s, data_dir)) for s in ("train", "test"))
@@ -336,8 +334,7 @@ def test_train_batches_multi_process_slices_partition_the_global_batch():
   ds = _indexed_examples(64)
   kwargs = dict(global_batch_size=16, num_devices=2, seed=0, **_PLAIN)
   whole = _decode(next(data.train_batches(ds, **{**kwargs, "num_devices": 4})))[0]
-  parts = [_decode(next(data.train_batches(ds, process_index=p, process_count=2, **kwargs)))[0]
-           for p in range(2)]
+  parts = [_decode(next(data.train_batches(ds, process_index=p, process_count=2, **kwargs)))[0] for p in range(2)]
   np.testing.assert_array_equal(np.concatenate(parts), whole)
 
 
@@ -354,8 +351,7 @@ def test_train_batches_config_errors():
 def test_eval_batches_cover_every_image_and_caption_once():
   ds = _indexed_examples(45)
   seen = []
-  for batch in data.eval_image_batches(ds, batch_size=16, num_devices=4, image_size=4,
-                                       mean=(0, 0, 0), std=(1, 1, 1)):
+  for batch in data.eval_image_batches(ds, batch_size=16, num_devices=4, image_size=4, mean=(0, 0, 0), std=(1, 1, 1)):
     assert batch["image"].shape == (4, 4, 4, 4, 3) and batch["mask"].shape == (4, 4)
     mask = batch["mask"].reshape(-1)
     index = batch["index"].reshape(-1)
@@ -371,22 +367,21 @@ def test_eval_batches_cover_every_image_and_caption_once():
   for batch in data.eval_text_batches(ds, batch_size=8, num_devices=4, context_length=32):
     mask = batch["mask"].reshape(-1)
     texts = data.detokenize(batch["text"].reshape(-1, 32))
-    for text, image, caption in zip(np.array(texts)[mask], batch["image_index"].reshape(-1)[mask],
-                                    batch["caption_index"].reshape(-1)[mask]):
+    for text, image, caption in zip(
+      np.array(texts)[mask], batch["image_index"].reshape(-1)[mask], batch["caption_index"].reshape(-1)[mask]
+    ):
       assert text.startswith(f"image {image} caption ")
       captions.append((int(caption), text))
   expected = [t for caps in ds.captions() for t in caps]
   assert [c for c, _ in captions] == list(range(len(expected)))
   assert [t for _, t in captions] == expected
-  np.testing.assert_array_equal(data.caption_image_index(ds),
-                                [int(t.split()[1]) for t in expected])
+  np.testing.assert_array_equal(data.caption_image_index(ds), [int(t.split()[1]) for t in expected])
 
 
 def test_pipeline_on_twemoji(data_dir):
   test = data.load_examples("twemoji_captions", "test", data_dir)
   assert set(test.label_keys) == {"subcategory", "category"}
-  batch = next(data.train_batches(test, global_batch_size=32, num_devices=4, image_size=32,
-                                  context_length=48, seed=0))
+  batch = next(data.train_batches(test, global_batch_size=32, num_devices=4, image_size=32, context_length=48, seed=0))
   assert batch["image"].shape == (4, 8, 32, 32, 3) and np.isfinite(batch["image"]).all()
   assert (np.argmax(batch["text"], axis=-1) > 0).all()
   labels = collections.Counter()
@@ -395,19 +390,22 @@ def test_pipeline_on_twemoji(data_dir):
     count += int(batch["mask"].sum())
     labels.update(batch["category"][batch["mask"]].tolist())
   assert count == len(test) and sum(labels.values()) == len(test)
-  num_captions = sum(int(b["mask"].sum()) for b in
-                     data.eval_text_batches(test, batch_size=512, num_devices=4, context_length=48))
+  num_captions = sum(
+    int(b["mask"].sum()) for b in data.eval_text_batches(test, batch_size=512, num_devices=4, context_length=48)
+  )
   assert num_captions == sum(len(c) for c in test.captions())
 
 
 def test_pipeline_accepts_a_data_source(data_dir):
   source = data.load("digits_captions", "train[:40]", data_dir)
-  batch = next(data.train_batches(source, global_batch_size=16, num_devices=4, image_size=8,
-                                  context_length=16, seed=0))
+  batch = next(data.train_batches(source, global_batch_size=16, num_devices=4, image_size=8, context_length=16, seed=0))
   assert batch["image"].shape == (4, 4, 8, 8, 3) and batch["text"].shape == (4, 4, 16)
   # Grayscale digits become RGB with equal channels.
-  np.testing.assert_allclose(batch["image"][..., 0] * data.CLIP_STD[0] + data.CLIP_MEAN[0],
-                             batch["image"][..., 2] * data.CLIP_STD[2] + data.CLIP_MEAN[2], atol=1e-6)
+  np.testing.assert_allclose(
+    batch["image"][..., 0] * data.CLIP_STD[0] + data.CLIP_MEAN[0],
+    batch["image"][..., 2] * data.CLIP_STD[2] + data.CLIP_MEAN[2],
+    atol=1e-6,
+  )
   batches = list(data.eval_image_batches(source, batch_size=16, num_devices=4, image_size=8))
   assert [int(b["mask"].sum()) for b in batches] == [16, 16, 8]
   labels = np.concatenate([b["label"][b["mask"]] for b in batches])

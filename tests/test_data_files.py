@@ -15,15 +15,20 @@ import pytest
 from PIL import Image
 
 import modgap_jax.data as data
-from modgap_jax.data import examples
-from modgap_jax.data import pipeline
-from modgap_jax.data import registry
+from modgap_jax.data import examples, pipeline, registry
 from modgap_jax.errors import ConfigError
 
 # COCO-shaped root: image id -> (folder, (height, width)); captions per id (7 has none).
-_COCO_IMAGES = {1: ("train2017", (30, 40)), 2: ("train2017", (40, 30)), 3: ("train2017", (24, 24)),
-                4: ("train2017", (20, 50)), 7: ("train2017", (20, 20)),
-                10: ("val2017", (30, 36)), 11: ("val2017", (32, 32)), 12: ("val2017", (18, 27))}
+_COCO_IMAGES = {
+  1: ("train2017", (30, 40)),
+  2: ("train2017", (40, 30)),
+  3: ("train2017", (24, 24)),
+  4: ("train2017", (20, 50)),
+  7: ("train2017", (20, 20)),
+  10: ("val2017", (30, 36)),
+  11: ("val2017", (32, 32)),
+  12: ("val2017", (18, 27)),
+}
 _NUM_CAPTIONS = {1: 5, 2: 6, 3: 5, 4: 5, 10: 5, 11: 7, 12: 5}
 _KARPATHY = {1: "train", 3: "train", 2: "test", 10: "test", 11: "val", 4: "restval", 12: "restval"}
 
@@ -41,10 +46,15 @@ def _write_coco(root, karpathy_in_root: bool = False) -> None:
   """Annotations listed out of id order, to check that captions keep annotation-id order."""
   for folder in ("train2017", "val2017"):
     ids = [i for i, (f, _) in _COCO_IMAGES.items() if f == folder]
-    images = [{"id": i, "file_name": f"{i:012d}.jpg", "height": _COCO_IMAGES[i][1][0],
-               "width": _COCO_IMAGES[i][1][1]} for i in ids]
-    annotations = [{"id": 1000 * i + j, "image_id": i, "caption": f"image {i}  caption {j}"}
-                   for i in ids for j in range(_NUM_CAPTIONS.get(i, 0))]
+    images = [
+      {"id": i, "file_name": f"{i:012d}.jpg", "height": _COCO_IMAGES[i][1][0], "width": _COCO_IMAGES[i][1][1]}
+      for i in ids
+    ]
+    annotations = [
+      {"id": 1000 * i + j, "image_id": i, "caption": f"image {i}  caption {j}"}
+      for i in ids
+      for j in range(_NUM_CAPTIONS.get(i, 0))
+    ]
     os.makedirs(root / "annotations", exist_ok=True)
     with open(root / "annotations" / f"captions_{folder}.json", "w") as f:
       json.dump({"images": images, "annotations": annotations[::-1]}, f)
@@ -55,8 +65,10 @@ def _write_coco(root, karpathy_in_root: bool = False) -> None:
 
 
 def _write_karpathy(path) -> None:
-  entries = [{"cocoid": i, "split": s, "filepath": "val2014", "filename": f"COCO_val2014_{i:012d}.jpg",
-              "sentences": []} for i, s in _KARPATHY.items()]
+  entries = [
+    {"cocoid": i, "split": s, "filepath": "val2014", "filename": f"COCO_val2014_{i:012d}.jpg", "sentences": []}
+    for i, s in _KARPATHY.items()
+  ]
   with open(path, "w") as f:
     json.dump({"images": entries, "dataset": "coco"}, f)
 
@@ -140,14 +152,20 @@ def _write_folder(root, lines, images) -> None:
 
 def test_image_text_folder_with_splits_and_labels(tmp_path):
   root = tmp_path / "pets"
-  images = {"cats/a.png": ((12, 16), (200, 10, 10)), "dogs/b.png": ((16, 12), (10, 200, 10)),
-            "cats/c.jpg": ((10, 10), (10, 10, 200)), "d.png": ((8, 20), (120, 120, 0))}
-  lines = [{"image": "cats/a.png", "caption": "a cat", "split": "train", "label": "cat"},
-           {"image": "dogs/b.png", "caption": "a dog", "split": "train", "label": "dog"},
-           {"image": "cats/a.png", "caption": "the  same cat", "split": "train", "label": "cat"},
-           "",
-           {"image": "cats/c.jpg", "caption": "a blue cat", "split": "test", "label": "cat"},
-           {"image": "d.png", "caption": "a bird", "split": "test", "label": "bird"}]
+  images = {
+    "cats/a.png": ((12, 16), (200, 10, 10)),
+    "dogs/b.png": ((16, 12), (10, 200, 10)),
+    "cats/c.jpg": ((10, 10), (10, 10, 200)),
+    "d.png": ((8, 20), (120, 120, 0)),
+  }
+  lines = [
+    {"image": "cats/a.png", "caption": "a cat", "split": "train", "label": "cat"},
+    {"image": "dogs/b.png", "caption": "a dog", "split": "train", "label": "dog"},
+    {"image": "cats/a.png", "caption": "the  same cat", "split": "train", "label": "cat"},
+    "",
+    {"image": "cats/c.jpg", "caption": "a blue cat", "split": "test", "label": "cat"},
+    {"image": "d.png", "caption": "a bird", "split": "test", "label": "bird"},
+  ]
   _write_folder(root, lines, images)
   train = data.load_examples("image_text_folder", "train", tmp_path / "cache", path=str(root), store_size=10)
   test = data.load_examples("image_text_folder", "test", tmp_path / "cache", path=str(root), store_size=10)
@@ -174,8 +192,11 @@ def _hash_side(image: str, seed: int, fraction: float) -> str:
 def test_image_text_folder_seeded_fraction_without_labels(tmp_path):
   root = tmp_path / "plain"
   names = [f"img{i:02d}.png" for i in range(30)]
-  _write_folder(root, [{"image": n, "caption": f"picture {n}"} for n in names],
-                {n: ((6, 6), (8 * i, 0, 0)) for i, n in enumerate(names)})
+  _write_folder(
+    root,
+    [{"image": n, "caption": f"picture {n}"} for n in names],
+    {n: ((6, 6), (8 * i, 0, 0)) for i, n in enumerate(names)},
+  )
   for seed, fraction in ((0, 0.3), (5, 0.5)):
     kwargs = dict(path=str(root), store_size=0, test_fraction=fraction, split_seed=seed)
     got = {}
@@ -224,13 +245,13 @@ def test_bad_inputs_give_one_line_config_errors(tmp_path):
   good = {"image": "a.png", "caption": "a"}
   _one_line_error(r"captions\.jsonl.*missing", load, "image_text_folder", "train", cache, path=str(folder))
   cases = [
-      ([good, "{not json"], r"captions\.jsonl' line 2 is not valid JSON"),
-      ([good, {"image": "a.png"}], r"line 2: field 'caption' is missing"),
-      ([good, {"image": "b.png", "caption": "b"}], r"image file=.*b\.png' is missing"),
-      ([{**good, "label": "x"}, {**good, "label": "y"}], r"line 2: field 'label'='y' differs"),
-      ([{**good, "label": "x"}, {"image": "a.png", "caption": "b"}], r"line 2: field 'label' is given on some"),
-      ([{**good, "split": "dev"}], r"line 1: field 'split'='dev' is not valid"),
-      ([{**good, "image": "../a.png"}], r"line 1: field 'image'='../a.png' must be a path inside"),
+    ([good, "{not json"], r"captions\.jsonl' line 2 is not valid JSON"),
+    ([good, {"image": "a.png"}], r"line 2: field 'caption' is missing"),
+    ([good, {"image": "b.png", "caption": "b"}], r"image file=.*b\.png' is missing"),
+    ([{**good, "label": "x"}, {**good, "label": "y"}], r"line 2: field 'label'='y' differs"),
+    ([{**good, "label": "x"}, {"image": "a.png", "caption": "b"}], r"line 2: field 'label' is given on some"),
+    ([{**good, "split": "dev"}], r"line 1: field 'split'='dev' is not valid"),
+    ([{**good, "image": "../a.png"}], r"line 1: field 'image'='../a.png' must be a path inside"),
   ]
   for lines, match in cases:
     _write_folder(folder, lines, images)
@@ -238,19 +259,22 @@ def test_bad_inputs_give_one_line_config_errors(tmp_path):
   with open(folder / "a.png", "wb") as f:
     f.write(b"not a png")
   _write_folder(folder, [good], {})
-  _one_line_error(r"a\.png' cannot be read", load, "image_text_folder", "train", cache, path=str(folder),
-                  test_fraction=0.01)
+  _one_line_error(
+    r"a\.png' cannot be read", load, "image_text_folder", "train", cache, path=str(folder), test_fraction=0.01
+  )
   _one_line_error("dataset.path is only used by", load, "digits_captions", "train", cache, path=str(folder))
   _one_line_error("dataset.store_size", load, "image_text_folder", "train", cache, path=str(folder), store_size=-1)
 
 
 def test_file_options_from_the_default_config():
   from configs import default  # pylint: disable=g-import-not-at-top
+
   config = default.get_config()
   assert data.file_options(config.dataset) == {}  # twemoji: nothing extra.
   config.dataset.name, config.dataset.path = "image_text_folder", "/data/pets"
-  assert data.file_options(config.dataset) == dict(path="/data/pets", store_size=256, karpathy_split="",
-                                                   test_fraction=0.1, split_seed=0)
+  assert data.file_options(config.dataset) == dict(
+    path="/data/pets", store_size=256, karpathy_split="", test_fraction=0.1, split_seed=0
+  )
 
 
 # ------------------------------------------------------------------ random-resized crop
@@ -288,8 +312,12 @@ def test_random_resized_crop_matches_a_reference():
     widths.append(right - left)
   assert len(set(widths)) > 1  # Different (step, slot): different crops.
   # A box that never fits falls back to the centre crop at the clamped aspect ratio.
-  assert pipeline.crop_box(np.random.default_rng(0), 40, 4, data.random_resized_crop((1.0, 1.0), (1.0, 1.0))) \
-      == (18, 0, 4, 4)
+  assert pipeline.crop_box(np.random.default_rng(0), 40, 4, data.random_resized_crop((1.0, 1.0), (1.0, 1.0))) == (
+    18,
+    0,
+    4,
+    4,
+  )
   with pytest.raises(ConfigError, match="crop_scale"):
     data.random_resized_crop((0.0, 1.0))
   with pytest.raises(ConfigError, match="crop_ratio"):
@@ -301,21 +329,30 @@ def test_streamed_batches_crop_per_slot_resume_and_match_grain():
   rng = np.random.default_rng(1)
   images = [rng.integers(0, 256, (20 + i, 30 - i, 3), dtype=np.uint8) for i in range(8)]
   split = examples.InMemoryExamples(images, [[f"image {i}"] for i in range(8)])
-  kwargs = dict(global_batch_size=4, num_devices=2, image_size=12, context_length=8, seed=3,
-                crop_scale=(0.5, 1.0), crop_ratio=(0.75, 4 / 3))
+  kwargs = dict(
+    global_batch_size=4,
+    num_devices=2,
+    image_size=12,
+    context_length=8,
+    seed=3,
+    crop_scale=(0.5, 1.0),
+    crop_ratio=(0.75, 4 / 3),
+  )
   reference = [b["image"] for b, _ in zip(data.train_batches(split, **kwargs), range(4))]
   plain = next(data.train_batches(split, **{**kwargs, "crop_scale": None}))["image"]
   assert not np.allclose(plain, reference[0])  # Default: centre crops, unchanged.
   for step, batch in enumerate(reference):
     indices, _ = pipeline._StepPlan(split.tokens(pipeline._BYTES, 8)[1], 8, 4, 3, 0, 1)(step)  # pylint: disable=protected-access
-    want = [_reference_crop(images[i], 3, step, slot, (0.5, 1.0), (0.75, 4 / 3), 12)[0]
-            for slot, i in enumerate(indices)]
+    want = [
+      _reference_crop(images[i], 3, step, slot, (0.5, 1.0), (0.75, 4 / 3), 12)[0] for slot, i in enumerate(indices)
+    ]
     np.testing.assert_allclose(batch.reshape(4, 12, 12, 3), data.normalize(np.stack(want)), atol=1e-6)
   resumed = next(data.train_batches(split, start_step=2, **kwargs))["image"]
   np.testing.assert_array_equal(resumed, reference[2])
   stream = data.grain_train_batches(split, num_workers=0, start_step=1, **kwargs)
   for step in (1, 2, 3):
     np.testing.assert_array_equal(next(stream)["image"], reference[step])
-  halves = [next(data.train_batches(split, process_index=p, process_count=2, **{**kwargs, "num_devices": 1}))
-            for p in (0, 1)]
+  halves = [
+    next(data.train_batches(split, process_index=p, process_count=2, **{**kwargs, "num_devices": 1})) for p in (0, 1)
+  ]
   np.testing.assert_array_equal(np.concatenate([h["image"][0] for h in halves]), reference[0].reshape(4, 12, 12, 3))

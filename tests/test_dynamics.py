@@ -13,8 +13,8 @@ import sys
 
 import jax
 import jax.flatten_util  # noqa: F401  (jax.flatten_util.ravel_pytree)
-import jax.test_util  # noqa: F401  (jax.test_util.check_grads)
 import jax.numpy as jnp
+import jax.test_util  # noqa: F401  (jax.test_util.check_grads)
 import numpy as np
 import pytest
 from scipy import integrate, special
@@ -156,8 +156,9 @@ def test_flow_is_minus_gradient_by_central_differences(model):
       # −∇L, with ν's component divided by c to undo the rate multiplier.
       grad = jax.tree.map(jnp.negative, vel)
       grad["nu"] = grad["nu"] / spec.rate
-      np.testing.assert_allclose(float(jnp.dot(jax.flatten_util.ravel_pytree(grad)[0], direction)), float(fd),
-                                 rtol=1e-7, atol=1e-10)
+      np.testing.assert_allclose(
+        float(jnp.dot(jax.flatten_util.ravel_pytree(grad)[0], direction)), float(fd), rtol=1e-7, atol=1e-10
+      )
 
 
 # --- trajectories -----------------------------------------------------------------------
@@ -173,8 +174,9 @@ def test_reduced_trajectory_matches_solve_ivp(reparam):
   for b in range(2):
     s = np.asarray(data["u"][b]) @ np.asarray(data["v"][b]).T
     y0 = [float(state0["nu"][b]), float(state0["gamma"][b])]
-    ref = integrate.solve_ivp(lambda _, y: np_rhs(y, s, reparam, 0.5), (0.0, t[-1]), y0, method="DOP853",
-                              t_eval=t, rtol=1e-12, atol=1e-300)
+    ref = integrate.solve_ivp(
+      lambda _, y: np_rhs(y, s, reparam, 0.5), (0.0, t[-1]), y0, method="DOP853", t_eval=t, rtol=1e-12, atol=1e-300
+    )
     assert ref.success
     np.testing.assert_allclose(records["nu"][b], ref.y[0], rtol=1e-5)
     np.testing.assert_allclose(records["gamma"][b], ref.y[1], rtol=1e-5)
@@ -187,7 +189,7 @@ def test_temperature_integral_matches_quadrature():
   for reparam in REPARAMS:
     for rate in (1.0, 0.1):
       for beta in (0.3, 1.0, 4.0, 20.0, 60.0):
-        integrand = lambda b: 2 * b / (rate * np_dbeta(reparam, np_nu(reparam, b))**2)
+        integrand = lambda b: 2 * b / (rate * np_dbeta(reparam, np_nu(reparam, b)) ** 2)
         ref, _ = integrate.quad(integrand, dynamics.BETA_REF, beta, epsabs=1e-13, epsrel=1e-12, limit=200)
         with jax.enable_x64(True):
           got = float(dynamics.temperature_integral(reparam, rate, jnp.float64(beta)))
@@ -201,10 +203,15 @@ def test_lemma31_invariant_is_conserved(reparam):
   state0, data = _reduced_batch(spec, init, 2)
   records, _ = dynamics.simulate(spec, state0, data, dynamics.time_grid("log", 1e4, 41), rtol=1e-10, atol=1e-300)
   # The written invariant is MATH.md §3.3's I, recomputed here from (γ, β) alone.
-  recomputed = (np.log(np.abs(records["gamma"])) - records["gamma"]**2 / 2
-                + np.vectorize(lambda b: integrate.quad(
-                    lambda x: 2 * x / (0.7 * np_dbeta(reparam, np_nu(reparam, x))**2), 1.0, b,
-                    epsabs=1e-13, epsrel=1e-12)[0])(records["beta"]))
+  recomputed = (
+    np.log(np.abs(records["gamma"]))
+    - records["gamma"] ** 2 / 2
+    + np.vectorize(
+      lambda b: integrate.quad(
+        lambda x: 2 * x / (0.7 * np_dbeta(reparam, np_nu(reparam, x)) ** 2), 1.0, b, epsabs=1e-13, epsrel=1e-12
+      )[0]
+    )(records["beta"])
+  )
   np.testing.assert_allclose(records["invariant"], recomputed, rtol=1e-9, atol=1e-9)
   assert analysis.invariant_drift(records["invariant"]) < 1e-4
   assert np.all(np.diff(records["beta"], axis=1) > 0) and records["gamma"][:, -1].max() < 0.3
@@ -227,8 +234,8 @@ def test_theorem32_slow_closure_for_exp():
   records, _ = dynamics.simulate(spec, state0, data, dynamics.time_grid("log", 1e6, 91), rtol=1e-10, atol=1e-300)
   out = analysis.theorem32(records["t"], records["beta"], records["gamma"], 1.0, 1e4, 1e6)
   assert out["beta_vs_log_t_r2"] > 0.99
-  assert out["gamma_beta2_factor"] < 1.01            # γ·β² ≈ const (γ small) ...
-  assert out["conserved_factor"] < 1 + 1e-7          # ... γ e^{−γ²/2} β² exactly
+  assert out["gamma_beta2_factor"] < 1.01  # γ·β² ≈ const (γ small) ...
+  assert out["conserved_factor"] < 1 + 1e-7  # ... γ e^{−γ²/2} β² exactly
   assert out["gamma_log2t_factor"] < 1.5
   assert -2.0 < out["log_log_exponent"] < -1.0
 
@@ -237,8 +244,7 @@ def test_fixed_tau_decays_exponentially_at_the_closed_form_rate():
   spec = dynamics.FlowSpec(model="reduced", reparam=Reparam("exp"), mode="fixed")
   init = dynamics.InitSpec(n=6, d=6, kind="matched", gamma0=0.3, tau0=0.2)
   state0, data = _reduced_batch(spec, init, 1)
-  records, _ = dynamics.simulate(spec, state0, data, dynamics.time_grid("linear", 200.0, 41), rtol=1e-10,
-                                 atol=1e-300)
+  records, _ = dynamics.simulate(spec, state0, data, dynamics.time_grid("linear", 200.0, 41), rtol=1e-10, atol=1e-300)
   assert np.all(records["beta"] == 5.0) and np.all(np.isnan(records["invariant"]))
   fit = analysis.exponential_decay(records["t"], records["gamma"], 100.0, 200.0)
   s = np.asarray(data["u"][0]) @ np.asarray(data["v"][0]).T
@@ -291,8 +297,9 @@ def test_initial_states():
         assert np.all(np.diag(s) < 1 - 1e-9) and np.allclose(np.sort(s.max(axis=0)), 1.0)
     free = dynamics.FlowSpec(model="free")
     for kind, target in (("mismatched", 0.37), ("uniform", 1.2)):
-      state, data = dynamics.initial_state(free, dynamics.InitSpec(n=6, d=3, kind=kind, gap0=target),
-                                           jax.random.PRNGKey(2))
+      state, data = dynamics.initial_state(
+        free, dynamics.InitSpec(n=6, d=3, kind=kind, gap0=target), jax.random.PRNGKey(2)
+      )
       hx, hy = dynamics.features(free, state, data)
       np.testing.assert_allclose(float(jnp.linalg.norm(hx.mean(0) - hy.mean(0))), target, rtol=1e-9)
 
@@ -305,6 +312,7 @@ def test_bad_inputs_are_one_line_config_errors():
   with pytest.raises(ConfigError, match="figure2"):
     _load_config_module().get_config("nope")
   from experiments import dynamics_task
+
   config = _load_config_module().get_config("reparams")
   config.variants.exp = {"temperature": {"reparm": "exp"}}
   with pytest.raises(ConfigError, match="temperature.reparm"):
@@ -316,6 +324,7 @@ def test_bad_inputs_are_one_line_config_errors():
 
 def test_smoke_theorem33_preset_through_run_task(tmp_path):
   from experiments import main as entry
+
   config = _load_config_module().get_config("theorem33")
   config.batch = 10
   config.time.num = 11
@@ -334,24 +343,39 @@ def test_smoke_theorem33_preset_through_run_task(tmp_path):
 
 
 def test_bad_preset_exits_2_with_one_line(tmp_path):
-  proc = subprocess.run([sys.executable, "-m", "experiments.main", "--config", "configs/dynamics.py:nope",
-                         "--workdir", str(tmp_path / "w")], cwd=ROOT, capture_output=True, text=True,
-                        timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.main",
+      "--config",
+      "configs/dynamics.py:nope",
+      "--workdir",
+      str(tmp_path / "w"),
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   assert proc.returncode == 2, proc.stderr
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error:") and "figure2" in lines[0], proc.stderr
   assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("law,expected", [("exp_beta2", ["e^{-beta^2/c}"]), ("t_log_t", ["1/(t log t)"]),
-                                          ("power", [])])
+@pytest.mark.parametrize(
+  "law,expected", [("exp_beta2", ["e^{-beta^2/c}"]), ("t_log_t", ["1/(t log t)"]), ("power", [])]
+)
 def test_softplus_verdict_follows_the_numbers(law, expected):
   """The verdict can come out either way (or neither): constructed trajectories of each law."""
   from modgap_jax.dynamics import analysis
+
   c = 0.5
   t = np.logspace(4, 6, 200)[None]
   beta = np.sqrt(np.log(t))  # any slowly growing β
-  gamma = {"exp_beta2": 0.3 * np.exp(-beta**2 / c), "t_log_t": 5.0 / (t * np.log(t)), "power": t ** -3.0}[law]
+  gamma = {"exp_beta2": 0.3 * np.exp(-(beta**2) / c), "t_log_t": 5.0 / (t * np.log(t)), "power": t**-3.0}[law]
   rate = analysis.softplus_rate(t, beta, gamma, c, 1e4, 1e6)
   verdict = analysis.softplus_rate_verdict(rate)
   assert verdict["supports"] == expected
@@ -361,6 +385,7 @@ def test_softplus_verdict_follows_the_numbers(law, expected):
 
 def test_a_finite_mxstep_is_refused():
   from modgap_jax.errors import ConfigError
+
   spec = dynamics.FlowSpec()
   with pytest.raises(ConfigError, match="solver.mxstep=1000 must be inf"):
     dynamics.simulate(spec, {}, {}, np.linspace(0, 1, 3), mxstep=1000)

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from modgap_jax import checkpoint, study, train, train_step, workdir as workdir_lib
+from modgap_jax import checkpoint, study, train, train_step
+from modgap_jax import workdir as workdir_lib
 from modgap_jax.data import resident
 from modgap_jax.errors import ConfigError, NonFiniteError, Preempted
 from tests.test_train import REPO, digits_config
@@ -24,14 +25,14 @@ BAD_STEP = 4  # the injected fault hits the step that starts from state.step == 
 @pytest.fixture(scope="module")
 def digits_dir(tmp_path_factory):
   from modgap_jax import data
+
   directory = str(tmp_path_factory.mktemp("tfds"))
   data.prepare("digits_captions", directory)
   return directory
 
 
 def small_config(digits_dir, **overrides):
-  return digits_config(**{"dataset.data_dir": digits_dir, "eval_every": 100, "eval.linear_probe": False,
-                          **overrides})
+  return digits_config(**{"dataset.data_dir": digits_dir, "eval_every": 100, "eval.linear_probe": False, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,7 @@ def test_a_nonfinite_step_stops_the_run_before_it_is_saved_or_logged(tmp_path, d
   config = small_config(digits_dir)
   tx, spec = train_step.make_optimizer(config, 6, 0)
   from modgap_jax import models
+
   model = models.create_model(config.model, spec.nu_init)
   template = train_step.init_state(model, tx, jax.random.PRNGKey(0), (8, 8, 3), 24)
   ckpt = checkpoint.Checkpointer(workdir, every=3, keep=3)
@@ -110,10 +112,17 @@ def test_skip_policy_drops_the_update_and_counts_it(tmp_path, digits_dir, monkey
 
 def test_config_changes_lists_only_fields_that_change_the_run():
   old = {"seed": 0, "log_every": 10, "optimizer": {"learning_rate": 5e-4}, "model": {"layers": [1, 1]}}
-  new = {"seed": 0, "log_every": 1, "optimizer": {"learning_rate": 1e-3}, "model": {"layers": (1, 1)},
-         "nonfinite": "stop"}
-  assert workdir_lib.config_changes(old, new) == [("nonfinite", "(absent)", "stop"),
-                                                  ("optimizer.learning_rate", 5e-4, 1e-3)]
+  new = {
+    "seed": 0,
+    "log_every": 1,
+    "optimizer": {"learning_rate": 1e-3},
+    "model": {"layers": (1, 1)},
+    "nonfinite": "stop",
+  }
+  assert workdir_lib.config_changes(old, new) == [
+    ("nonfinite", "(absent)", "stop"),
+    ("optimizer.learning_rate", 5e-4, 1e-3),
+  ]
   # A field added since the run started is no change at the value that keeps the old behaviour.
   added = workdir_lib.ADDED_FIELDS
   assert workdir_lib.config_changes(old, new, added) == [("optimizer.learning_rate", 5e-4, 1e-3)]
@@ -152,7 +161,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, digi
   capfd.readouterr()
   os.remove(os.path.join(workdir, "report.md"))
   train.train_and_evaluate(config, workdir)  # restores step 3, trains 4..6 again
-  warnings = [l for l in capfd.readouterr().err.splitlines() if l.startswith("warning:")]
+  warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning:")]
   assert len(warnings) == 1 and "checkpoint 6" in warnings[0] and "unreadable" in warnings[0]
   assert [(r["step"], r["loss"]) for r in read_log(workdir)] == [(r["step"], r["loss"]) for r in read_log(straight)]
   assert os.path.exists(os.path.join(workdir, "report.md"))
@@ -179,8 +188,9 @@ def signal_after(monkeypatch, step_to_signal, signum=signal.SIGTERM):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_stop_signal_saves_the_current_step_and_the_resumed_run_is_identical(tmp_path, digits_dir, monkeypatch,
-                                                                               signum, straight):
+def test_a_stop_signal_saves_the_current_step_and_the_resumed_run_is_identical(
+  tmp_path, digits_dir, monkeypatch, signum, straight
+):
   config = small_config(digits_dir)
 
   workdir = str(tmp_path / "run")
@@ -198,6 +208,7 @@ def test_a_stop_signal_saves_the_current_step_and_the_resumed_run_is_identical(t
 def test_the_study_stops_cleanly_and_carries_on(tmp_path, digits_dir, monkeypatch):
   from configs import study as study_config
   from tests.test_study import TINY
+
   config = study_config.get_config("table2")
   config.cells = ("baseline",)
   config.seeds = 1
@@ -215,12 +226,27 @@ def test_the_study_stops_cleanly_and_carries_on(tmp_path, digits_dir, monkeypatc
 
 def test_sigterm_through_the_entry_point_exits_0_with_the_resume_command(tmp_path, digits_dir):
   workdir = tmp_path / "run"
-  cmd = [sys.executable, "-m", "experiments.main", "--config=configs/default.py", f"--workdir={workdir}",
-         "--config.dataset.name=digits_captions", "--config.dataset.zero_shot_label=label",
-         "--config.model.image_size=8", "--config.model.resnet.layers=(1, 1)", "--config.model.resnet.width=8",
-         "--config.model.text.width=16", "--config.model.text.depth=1", "--config.model.text.heads=2",
-         "--config.batch_size=64", "--config.num_steps=100000", "--config.log_every=1",
-         "--config.checkpoint_every=1000", "--config.progress_bar=False", f"--config.dataset.data_dir={digits_dir}"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "experiments.main",
+    "--config=configs/default.py",
+    f"--workdir={workdir}",
+    "--config.dataset.name=digits_captions",
+    "--config.dataset.zero_shot_label=label",
+    "--config.model.image_size=8",
+    "--config.model.resnet.layers=(1, 1)",
+    "--config.model.resnet.width=8",
+    "--config.model.text.width=16",
+    "--config.model.text.depth=1",
+    "--config.model.text.heads=2",
+    "--config.batch_size=64",
+    "--config.num_steps=100000",
+    "--config.log_every=1",
+    "--config.checkpoint_every=1000",
+    "--config.progress_bar=False",
+    f"--config.dataset.data_dir={digits_dir}",
+  ]
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
   proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   log = workdir / "metrics.jsonl"
@@ -230,16 +256,20 @@ def test_sigterm_through_the_entry_point_exits_0_with_the_resume_command(tmp_pat
     if proc.poll() is not None:
       break
     import time
+
     time.sleep(0.1)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 0, err
-  lines = [l for l in err.splitlines() if l.strip()]
-  assert len(lines) == 1 and lines[0].startswith("stopped: SIGTERM: stopped at step ") and "resume with: python -m" \
-      in lines[0], err
+  lines = [line for line in err.splitlines() if line.strip()]
+  assert (
+    len(lines) == 1
+    and lines[0].startswith("stopped: SIGTERM: stopped at step ")
+    and "resume with: python -m" in lines[0]
+  ), err
   step = int(lines[0].split("at step ")[1].split()[0])
   assert os.listdir(workdir / "checkpoints") == [str(step)]
-  assert max(json.loads(l)["step"] for l in log.read_text().splitlines()) == step
+  assert max(json.loads(line)["step"] for line in log.read_text().splitlines()) == step
 
 
 # ------------------------------------------------------------------------------ one process per workdir
@@ -253,10 +283,19 @@ def test_a_busy_workdir_is_refused_and_a_dead_holder_does_not_block(tmp_path, di
       train.train_and_evaluate(config, workdir)
   assert os.listdir(workdir) == [".lock"]
   # A holder killed with SIGKILL leaves the file but not the lock.
-  holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
-                             "from modgap_jax import workdir as w; l = w.WorkdirLock(sys.argv[2]).__enter__(); "
-                             "print('held', flush=True); time.sleep(60)", REPO, workdir],
-                            stdout=subprocess.PIPE, text=True)
+  holder = subprocess.Popen(
+    [
+      sys.executable,
+      "-c",
+      "import sys, time; sys.path.insert(0, sys.argv[1]); "
+      "from modgap_jax import workdir as w; l = w.WorkdirLock(sys.argv[2]).__enter__(); "
+      "print('held', flush=True); time.sleep(60)",
+      REPO,
+      workdir,
+    ],
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   assert holder.stdout.readline().strip() == "held"
   with pytest.raises(ConfigError, match="in use"):
     train.train_and_evaluate(config, workdir)
@@ -271,59 +310,59 @@ D = "--config=configs/default.py"
 DIGITS = ("--config.dataset.name=digits_captions", "--config.dataset.zero_shot_label=label")
 # (flags, a piece of the one error line, whether the case reads the dataset before failing)
 BAD_INPUTS = [
-    ((f"{D}:warp",), "method='warp'", False),
-    ((f"{D}:ts=S9",), "ts='S9'", False),
-    ((f"{D}:hs=2",), "hs=2.0 is out of range", False),
-    ((D, "--config.temperature.mode=hot"), "temperature.mode='hot'", False),
-    ((D, "--config.temperature.tau_init=0"), "temperature.tau_init", False),
-    ((D, "--config.temperature.tau_init=nan"), "temperature.tau_init", False),
-    ((D, "--config.dataset.name=imagenet"), "imagenet", False),
-    ((D, "--config.dataset.tokenizer=wordpiece"), "dataset.tokenizer='wordpiece'", False),
-    (("--config=configs/nope.py",), "nope.py", False),
-    ((D, "--config.dataset.on_device=maybe"), "dataset.on_device='maybe'", False),
-    ((D, "--config.dataset.on_device=no", "--config.dataset.mismatch_fraction=0.1"), "need the on-device split", False),
-    ((D, "--config.dataset.augment_min_scale=0"), "dataset.augment_min_scale", False),
-    ((D, "--config.dataset.mismatch_fraction=1.5"), "dataset.mismatch_fraction", False),
-    ((D, "--config.dataset.std=(0.0, 1.0, 1.0)"), "dataset.std", False),
-    ((D, "--config.dataset.mean=(0.5, 0.5)"), "dataset.mean", False),
-    ((D, "--config.steps_per_dispatch=-1"), "steps_per_dispatch", False),
-    ((D, "--config.optimizer.learning_rate=-1"), "optimizer.learning_rate=-1", False),
-    ((D, "--config.optimizer.learning_rate=0"), "optimizer.learning_rate=0", False),
-    ((D, "--config.optimizer.learning_rate=nan"), "optimizer.learning_rate=nan must be finite", False),
-    ((D, "--config.optimizer.learning_rate=inf"), "optimizer.learning_rate=inf must be finite", False),
-    ((D, "--config.optimizer.b1=1.0"), "optimizer.b1=1.0", False),
-    ((D, "--config.optimizer.b2=-0.1"), "optimizer.b2=-0.1", False),
-    ((D, "--config.optimizer.eps=0"), "optimizer.eps", False),
-    ((D, "--config.optimizer.weight_decay=-0.1"), "optimizer.weight_decay", False),
-    ((D, "--config.optimizer.grad_clip_norm=-1"), "optimizer.grad_clip_norm", False),
-    ((D, "--config.optimizer.warmup_epochs=-1"), "optimizer.warmup_epochs", False),
-    ((D, "--config.seed=-1"), "seed=-1", False),
-    ((D, "--config.batch_size=0"), "batch_size=0", False),
-    ((D, "--config.model.image_size=-8"), "model.image_size=-8", False),
-    ((D, "--config.model.context_length=0"), "model.context_length=0", False),
-    ((D, "--config.num_steps=2.5"), "num_steps", False),
-    (("--config=configs/analyze.py", "--config.embeddings=missing.npz"), "missing.npz", False),
-    ((D, "--config.num_epochs=0"), "num_epochs", False),
-    ((D, "--config.log_every=0"), "log_every", False),
-    ((D, "--config.eval_every=0"), "eval_every", False),
-    ((D, "--config.checkpoint_every=-5"), "checkpoint_every", False),
-    ((D, "--config.keep_checkpoints=0"), "keep_checkpoints", False),
-    ((D, "--config.swap.p=2"), "swap.p", False),
-    ((D, "--config.swap.method=soft2"), "swap.method='soft2'", False),
-    ((D, "--config.nonfinite=ignore"), "nonfinite='ignore'", False),
-    ((D, "--config.eval.gap_pairs=1"), "eval.gap_pairs", False),
-    ((D, "--config.eval.probe_steps=0"), "eval.probe_steps", False),
-    ((D, "--config.eval.probe_l2=-1"), "eval.probe_l2", False),
-    ((D, "--config.eval.batch_size=0"), "eval.batch_size", False),
-    ((D, "--config.model.embed_dim=0"), "model.embed_dim", False),
-    ((D, "--config.model.resnet.width=0"), "model.resnet.width", False),
-    ((D, "--config.nope=1"), "no such config field", False),
-    ((D, "--config.batch_size=abc"), "batch_size", False),
-    ((D, "--config.task=bogus"), "config.task='bogus'", False),
-    (("--config=configs/study.py:table9",), "study='table9'", False),
-    ((D, "--num_processes=2"), "--coordinator_address, --num_processes and --process_id go together", False),
-    ((D, "--coordinator_address=127.0.0.1:1", "--num_processes=2", "--process_id=2"), "--process_id=2", False),
-    ((D, *DIGITS, "--config.batch_size=100000"), "batch_size=100000 exceeds", True),
+  ((f"{D}:warp",), "method='warp'", False),
+  ((f"{D}:ts=S9",), "ts='S9'", False),
+  ((f"{D}:hs=2",), "hs=2.0 is out of range", False),
+  ((D, "--config.temperature.mode=hot"), "temperature.mode='hot'", False),
+  ((D, "--config.temperature.tau_init=0"), "temperature.tau_init", False),
+  ((D, "--config.temperature.tau_init=nan"), "temperature.tau_init", False),
+  ((D, "--config.dataset.name=imagenet"), "imagenet", False),
+  ((D, "--config.dataset.tokenizer=wordpiece"), "dataset.tokenizer='wordpiece'", False),
+  (("--config=configs/nope.py",), "nope.py", False),
+  ((D, "--config.dataset.on_device=maybe"), "dataset.on_device='maybe'", False),
+  ((D, "--config.dataset.on_device=no", "--config.dataset.mismatch_fraction=0.1"), "need the on-device split", False),
+  ((D, "--config.dataset.augment_min_scale=0"), "dataset.augment_min_scale", False),
+  ((D, "--config.dataset.mismatch_fraction=1.5"), "dataset.mismatch_fraction", False),
+  ((D, "--config.dataset.std=(0.0, 1.0, 1.0)"), "dataset.std", False),
+  ((D, "--config.dataset.mean=(0.5, 0.5)"), "dataset.mean", False),
+  ((D, "--config.steps_per_dispatch=-1"), "steps_per_dispatch", False),
+  ((D, "--config.optimizer.learning_rate=-1"), "optimizer.learning_rate=-1", False),
+  ((D, "--config.optimizer.learning_rate=0"), "optimizer.learning_rate=0", False),
+  ((D, "--config.optimizer.learning_rate=nan"), "optimizer.learning_rate=nan must be finite", False),
+  ((D, "--config.optimizer.learning_rate=inf"), "optimizer.learning_rate=inf must be finite", False),
+  ((D, "--config.optimizer.b1=1.0"), "optimizer.b1=1.0", False),
+  ((D, "--config.optimizer.b2=-0.1"), "optimizer.b2=-0.1", False),
+  ((D, "--config.optimizer.eps=0"), "optimizer.eps", False),
+  ((D, "--config.optimizer.weight_decay=-0.1"), "optimizer.weight_decay", False),
+  ((D, "--config.optimizer.grad_clip_norm=-1"), "optimizer.grad_clip_norm", False),
+  ((D, "--config.optimizer.warmup_epochs=-1"), "optimizer.warmup_epochs", False),
+  ((D, "--config.seed=-1"), "seed=-1", False),
+  ((D, "--config.batch_size=0"), "batch_size=0", False),
+  ((D, "--config.model.image_size=-8"), "model.image_size=-8", False),
+  ((D, "--config.model.context_length=0"), "model.context_length=0", False),
+  ((D, "--config.num_steps=2.5"), "num_steps", False),
+  (("--config=configs/analyze.py", "--config.embeddings=missing.npz"), "missing.npz", False),
+  ((D, "--config.num_epochs=0"), "num_epochs", False),
+  ((D, "--config.log_every=0"), "log_every", False),
+  ((D, "--config.eval_every=0"), "eval_every", False),
+  ((D, "--config.checkpoint_every=-5"), "checkpoint_every", False),
+  ((D, "--config.keep_checkpoints=0"), "keep_checkpoints", False),
+  ((D, "--config.swap.p=2"), "swap.p", False),
+  ((D, "--config.swap.method=soft2"), "swap.method='soft2'", False),
+  ((D, "--config.nonfinite=ignore"), "nonfinite='ignore'", False),
+  ((D, "--config.eval.gap_pairs=1"), "eval.gap_pairs", False),
+  ((D, "--config.eval.probe_steps=0"), "eval.probe_steps", False),
+  ((D, "--config.eval.probe_l2=-1"), "eval.probe_l2", False),
+  ((D, "--config.eval.batch_size=0"), "eval.batch_size", False),
+  ((D, "--config.model.embed_dim=0"), "model.embed_dim", False),
+  ((D, "--config.model.resnet.width=0"), "model.resnet.width", False),
+  ((D, "--config.nope=1"), "no such config field", False),
+  ((D, "--config.batch_size=abc"), "batch_size", False),
+  ((D, "--config.task=bogus"), "config.task='bogus'", False),
+  (("--config=configs/study.py:table9",), "study='table9'", False),
+  ((D, "--num_processes=2"), "--coordinator_address, --num_processes and --process_id go together", False),
+  ((D, "--coordinator_address=127.0.0.1:1", "--num_processes=2", "--process_id=2"), "--process_id=2", False),
+  ((D, *DIGITS, "--config.batch_size=100000"), "batch_size=100000 exceeds", True),
 ]
 
 
@@ -354,8 +393,14 @@ def bad_input_results(tmp_path_factory, digits_dir):
     case_dir = root / f"case{index}"
     data_dir = digits_dir if reads_data else str(case_dir / "tfds")
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "TFDS_DATA_DIR": data_dir}
-    done = subprocess.run([sys.executable, "-m", "experiments.main", *flags, f"--workdir={case_dir / 'w'}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+      [sys.executable, "-m", "experiments.main", *flags, f"--workdir={case_dir / 'w'}"],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+    )
     return case_dir, done
 
   with concurrent.futures.ThreadPoolExecutor(4) as pool:
@@ -382,12 +427,30 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(bad_input_results, i
 def test_a_nonfinite_run_exits_3_with_one_line(tmp_path, digits_dir):
   # A learning rate of 1e30 overflows the parameters at the first step.
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-  done = subprocess.run([sys.executable, "-m", "experiments.main", D, *DIGITS, "--config.model.image_size=8",
-                         "--config.model.resnet.layers=(1, 1)", "--config.model.resnet.width=8",
-                         "--config.batch_size=64", "--config.num_steps=5", "--config.optimizer.learning_rate=1e30",
-                         "--config.optimizer.warmup_epochs=0", "--config.progress_bar=False",
-                         f"--config.dataset.data_dir={digits_dir}", f"--workdir={tmp_path / 'w'}"],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  done = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.main",
+      D,
+      *DIGITS,
+      "--config.model.image_size=8",
+      "--config.model.resnet.layers=(1, 1)",
+      "--config.model.resnet.width=8",
+      "--config.batch_size=64",
+      "--config.num_steps=5",
+      "--config.optimizer.learning_rate=1e30",
+      "--config.optimizer.warmup_epochs=0",
+      "--config.progress_bar=False",
+      f"--config.dataset.data_dir={digits_dir}",
+      f"--workdir={tmp_path / 'w'}",
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   lines = [line for line in done.stderr.splitlines() if line.strip()]
   assert done.returncode == 3 and len(lines) == 1, done.stderr[-2000:]
   assert lines[0].startswith("error: non-finite ") and "no checkpoint was saved before it" in lines[0]
@@ -399,6 +462,7 @@ def test_a_nonfinite_run_exits_3_with_one_line(tmp_path, digits_dir):
 
 def test_cluster_detection():
   from experiments.main import cluster_detected
+
   assert not cluster_detected({})
   assert not cluster_detected({"SLURM_NTASKS": "1", "SLURM_JOB_ID": "7"})  # one task: one process
   assert cluster_detected({"SLURM_NTASKS": "4"})
@@ -409,23 +473,45 @@ def test_cluster_detection():
 def test_two_processes_match_one_process_with_as_many_devices(tmp_path, digits_dir):
   """2 processes × 2 emulated CPU devices (gloo collectives) against 1 process × 4 devices."""
   import socket
-  flags = [D, *DIGITS, "--config.model.image_size=8", "--config.model.resnet.layers=(1, 1)",
-           "--config.model.resnet.width=8", "--config.model.text.width=16", "--config.model.text.depth=1",
-           "--config.model.text.heads=2", "--config.batch_size=64", "--config.num_steps=20", "--config.log_every=1",
-           "--config.eval_every=20", "--config.checkpoint_every=10", "--config.eval.linear_probe=False",
-           "--config.progress_bar=False", f"--config.dataset.data_dir={digits_dir}"]
+
+  flags = [
+    D,
+    *DIGITS,
+    "--config.model.image_size=8",
+    "--config.model.resnet.layers=(1, 1)",
+    "--config.model.resnet.width=8",
+    "--config.model.text.width=16",
+    "--config.model.text.depth=1",
+    "--config.model.text.heads=2",
+    "--config.batch_size=64",
+    "--config.num_steps=20",
+    "--config.log_every=1",
+    "--config.eval_every=20",
+    "--config.checkpoint_every=10",
+    "--config.eval.linear_probe=False",
+    "--config.progress_bar=False",
+    f"--config.dataset.data_dir={digits_dir}",
+  ]
 
   def launch(workdir, devices, *extra):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    return subprocess.Popen([sys.executable, "-m", "experiments.main", *flags, f"--workdir={workdir}", *extra],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+      [sys.executable, "-m", "experiments.main", *flags, f"--workdir={workdir}", *extra],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
 
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   multi = tmp_path / "multi"
-  procs = [launch(multi, 2, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}")
-           for i in range(2)]
+  procs = [
+    launch(multi, 2, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}")
+    for i in range(2)
+  ]
   single = launch(tmp_path / "single", 4)
   for proc in [*procs, single]:
     _, err = proc.communicate(timeout=900)

@@ -35,7 +35,8 @@ def test_matches_float64_reference(n, d, beta):
   rng = np.random.default_rng(n)
   hx, hy = unit_rows(rng, n, d), unit_rows(rng, n, d)
   loss, (gx, gy, gb) = jax.value_and_grad(losses.clip_loss, argnums=(0, 1, 2))(
-      jnp.float32(hx), jnp.float32(hy), jnp.float32(beta))
+    jnp.float32(hx), jnp.float32(hy), jnp.float32(beta)
+  )
   ref_loss, ref_gx, ref_gy, ref_gb = reference_loss_and_grads(hx, hy, beta)
   np.testing.assert_allclose(loss, ref_loss, rtol=2e-5)
   np.testing.assert_allclose(gx, ref_gx, atol=2e-5 * max(beta, 1))
@@ -51,8 +52,9 @@ def test_known_closed_forms():
   # Orthonormal pairs: Z = βI, so L = −log(e^β / (e^β + n − 1)).
   eye = np.eye(n)
   beta = 2.5
-  np.testing.assert_allclose(losses.clip_loss(eye, eye, beta), -np.log(np.exp(beta) / (np.exp(beta) + n - 1)),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    losses.clip_loss(eye, eye, beta), -np.log(np.exp(beta) / (np.exp(beta) + n - 1)), rtol=1e-6
+  )
 
 
 def test_stats_against_reference():
@@ -117,7 +119,8 @@ def test_pmap_stats_equal_one_device():
   one = losses.clip_loss_with_stats(hx, hy, 9.0)
   shard = lambda a: jnp.float32(a).reshape(N_DEVICES, -1, 8)
   many = jax.pmap(lambda x, y: losses.clip_loss_with_stats(x, y, 9.0, axis_name="batch"), axis_name="batch")(
-      shard(hx), shard(hy))
+    shard(hx), shard(hy)
+  )
   for field in one._fields:
     np.testing.assert_allclose(getattr(many, field), np.full(N_DEVICES, getattr(one, field)), rtol=1e-5, atol=1e-6)
 

@@ -14,7 +14,6 @@ from sklearn.linear_model import LogisticRegression
 
 from modgap_jax import errors, metrics
 
-
 # ----------------------------------------------------------------------------------------
 # Float64 references, written from the formulas of MATH.md §2.
 # ----------------------------------------------------------------------------------------
@@ -89,17 +88,16 @@ def test_gap_alignment_uniformity_match_references():
   np.testing.assert_allclose(float(metrics.modality_gap(xf, yf)), ref_gap(x, y), rtol=1e-5)
   np.testing.assert_allclose(float(metrics.alignment(xf, yf)), ref_alignment(x, y), rtol=1e-5)
   for emb in (x, y, np.concatenate([x, y])):
-    np.testing.assert_allclose(float(metrics.uniformity_w2(emb.astype(np.float32))),
-                               ref_uniformity_w2(emb), atol=2e-5)
-    np.testing.assert_allclose(float(metrics.uniformity_wang_isola(emb.astype(np.float32))),
-                               ref_uniformity_wi(emb), atol=2e-5)
+    np.testing.assert_allclose(float(metrics.uniformity_w2(emb.astype(np.float32))), ref_uniformity_w2(emb), atol=2e-5)
+    np.testing.assert_allclose(
+      float(metrics.uniformity_wang_isola(emb.astype(np.float32))), ref_uniformity_wi(emb), atol=2e-5
+    )
 
 
 def test_uniformity_w2_uses_the_small_gram_when_n_below_d():
   rng = np.random.default_rng(1)
   x = unit_rows(rng, 20, 64)  # n < d: the n×n eigenproblem path
-  np.testing.assert_allclose(float(metrics.uniformity_w2(x.astype(np.float32))),
-                             ref_uniformity_w2(x), atol=2e-5)
+  np.testing.assert_allclose(float(metrics.uniformity_w2(x.astype(np.float32))), ref_uniformity_w2(x), atol=2e-5)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 64, 1000])
@@ -117,8 +115,12 @@ def test_gap_is_zero_for_equal_sets_and_metrics_are_rotation_invariant():
   assert float(metrics.alignment(x, x)) == 0.0
   q = random_rotation(rng, 12)
   xr, yr = x @ q, y @ q
-  pairs = [(metrics.modality_gap, 2), (metrics.alignment, 2),
-           (metrics.uniformity_w2, 1), (metrics.uniformity_wang_isola, 1)]
+  pairs = [
+    (metrics.modality_gap, 2),
+    (metrics.alignment, 2),
+    (metrics.uniformity_w2, 1),
+    (metrics.uniformity_wang_isola, 1),
+  ]
   for fn, arity in pairs:
     args, rotated = (x, y)[:arity], (xr, yr)[:arity]
     a = float(fn(*(np.float32(v) for v in args)))
@@ -156,8 +158,9 @@ def test_uniformity_extremes():
   d = 6
   simplex = np.eye(d + 1) - 1.0 / (d + 1)  # centred basis vectors span a d-dim subspace
   simplex /= np.linalg.norm(simplex, axis=1, keepdims=True)
-  np.testing.assert_allclose(float(metrics.uniformity_wang_isola(simplex.astype(np.float32))),
-                             -2.0 * (2 + 2 / d), atol=1e-5)
+  np.testing.assert_allclose(
+    float(metrics.uniformity_wang_isola(simplex.astype(np.float32))), -2.0 * (2 + 2 / d), atol=1e-5
+  )
   # Values stay inside the documented ranges.
   for emb in (collapsed, uniform, simplex):
     assert -np.sqrt(2) - 1e-6 <= float(metrics.uniformity_w2(emb.astype(np.float32))) <= 0.0
@@ -169,11 +172,12 @@ def test_geometry_metrics_collects_every_form():
   rng = np.random.default_rng(6)
   x, y = unit_rows(rng, 32, 8).astype(np.float32), unit_rows(rng, 32, 8).astype(np.float32)
   out = metrics.geometry_metrics(x, y)
-  assert set(out) == {"gap", "alignment"} | {f"uniformity_{f}_{s}" for f in ("w2", "wi")
-                                              for s in ("image", "text", "union")}
-  np.testing.assert_allclose(float(out["uniformity_w2_union"]),
-                             ref_uniformity_w2(np.concatenate([x, y]).astype(np.float64)),
-                             atol=2e-5)
+  assert set(out) == {"gap", "alignment"} | {
+    f"uniformity_{f}_{s}" for f in ("w2", "wi") for s in ("image", "text", "union")
+  }
+  np.testing.assert_allclose(
+    float(out["uniformity_w2_union"]), ref_uniformity_w2(np.concatenate([x, y]).astype(np.float64)), atol=2e-5
+  )
 
 
 # ----------------------------------------------------------------------------------------
@@ -190,8 +194,7 @@ def test_recall_matches_argsort_with_several_captions_per_image(chunk_size):
   t2i = rng.permutation(np.repeat(np.arange(n_img), rng.integers(0, 6, size=n_img)))
   y = x[t2i] + 0.8 * rng.normal(size=(len(t2i), d))
   ks = (1, 5, 10)
-  got = metrics.retrieval_recall(x.astype(np.float32), y.astype(np.float32), ks, t2i,
-                                 chunk_size=chunk_size)
+  got = metrics.retrieval_recall(x.astype(np.float32), y.astype(np.float32), ks, t2i, chunk_size=chunk_size)
   want = ref_recall_argsort(x, y, t2i, ks)
   assert set(got) == set(want)
   for key in want:
@@ -209,8 +212,7 @@ def test_recall_one_caption_per_image_and_edge_cases():
   assert got == pytest.approx(want, abs=1e-12)
   assert got["i2t_r200"] == 1.0 and got["t2i_r200"] == 1.0
   xu = x / np.linalg.norm(x, axis=1, keepdims=True)
-  assert metrics.retrieval_recall(xu, xu) == {f"{s}_r{k}": 1.0 for s in ("i2t", "t2i")
-                                            for k in (1, 5, 10)}
+  assert metrics.retrieval_recall(xu, xu) == {f"{s}_r{k}": 1.0 for s in ("i2t", "t2i") for k in (1, 5, 10)}
   # Ties count in favour of the positive: every score equal ⇒ rank 0 everywhere.
   same = np.ones((10, 4), np.float32)
   assert metrics.retrieval_recall(same, same, (1,)) == {"i2t_r1": 1.0, "t2i_r1": 1.0}
@@ -237,8 +239,7 @@ def test_recall_chunked_5k_matches_bruteforce_counts():
   np.maximum.at(best_own, t2i, sim[t2i, np.arange(len(t2i))])
   i2t_rank = np.sum(sim > best_own[:, None], axis=1)
   t2i_rank = np.sum(sim.T > sim[t2i, np.arange(len(t2i))][:, None], axis=1)
-  got = metrics.retrieval_recall(x.astype(np.float32), y.astype(np.float32), ks, t2i,
-                                 chunk_size=768)
+  got = metrics.retrieval_recall(x.astype(np.float32), y.astype(np.float32), ks, t2i, chunk_size=768)
   for k in ks:
     assert got[f"i2t_r{k}"] == np.mean(i2t_rank < k)
     assert got[f"t2i_r{k}"] == np.mean(t2i_rank < k)
@@ -271,18 +272,16 @@ def test_gap_and_recall_agree_between_one_device_and_pmap():
   shard = lambda a: a.reshape(n_dev, -1, a.shape[-1])
 
   # Inside pmap with axis_name: every device returns the global gap.
-  global_gap = jax.pmap(lambda a, b: metrics.modality_gap(a, b, axis_name="i"),
-                        axis_name="i")(shard(x), shard(y))
+  global_gap = jax.pmap(lambda a, b: metrics.modality_gap(a, b, axis_name="i"), axis_name="i")(shard(x), shard(y))
   np.testing.assert_allclose(np.asarray(global_gap), single_gap, rtol=1e-6)
   # Without axis_name: each device's gap of its own rows.
   local_gap = jax.pmap(metrics.modality_gap)(shard(x), shard(y))
-  np.testing.assert_allclose(
-      np.asarray(local_gap), [ref_gap(a, b) for a, b in zip(shard(x), shard(y))], rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(local_gap), [ref_gap(a, b) for a, b in zip(shard(x), shard(y))], rtol=1e-5)
 
   # Embeddings gathered across devices inside pmap, then measured on the gathered copy.
-  gathered = jax.pmap(lambda a, b: (lax.all_gather(a, "i", tiled=True),
-                                    lax.all_gather(b, "i", tiled=True)),
-                      axis_name="i")(shard(x), shard(y))
+  gathered = jax.pmap(
+    lambda a, b: (lax.all_gather(a, "i", tiled=True), lax.all_gather(b, "i", tiled=True)), axis_name="i"
+  )(shard(x), shard(y))
   gx, gy = gathered[0][0], gathered[1][0]
   np.testing.assert_allclose(float(metrics.modality_gap(gx, gy)), single_gap, rtol=1e-6)
   assert metrics.retrieval_recall(gx, gy) == single_recall
@@ -294,8 +293,9 @@ def test_gap_and_recall_agree_between_one_device_and_pmap():
     np.testing.assert_allclose(np.asarray(pmapped[key]), np.full(n_dev, value), rtol=1e-6)
   caption_to_image = np.repeat(np.arange(len(x) // 2), 2)
   two_each = metrics.retrieval_recall(x[::2], y, text_to_image=caption_to_image)
-  pmapped_two = jax.pmap(lambda a, b: metrics.retrieval_recall(a, b, text_to_image=caption_to_image, axis_name="i"),
-                         axis_name="i")(shard(x[::2]), shard(y))
+  pmapped_two = jax.pmap(
+    lambda a, b: metrics.retrieval_recall(a, b, text_to_image=caption_to_image, axis_name="i"), axis_name="i"
+  )(shard(x[::2]), shard(y))
   for key, value in two_each.items():
     np.testing.assert_allclose(np.asarray(pmapped_two[key]), np.full(n_dev, value), rtol=1e-6)
   # Under jit alone it scores the arrays it is given.
@@ -310,8 +310,7 @@ def test_gap_and_recall_agree_between_one_device_and_pmap():
   on_3 = jax.device_put(x, devices[3])
   on_1 = jax.device_put(y, devices[1])
   assert metrics.retrieval_recall(on_3, on_1) == single_recall
-  np.testing.assert_allclose(float(metrics.modality_gap(on_3, jax.device_put(y, devices[3]))),
-                             single_gap, rtol=1e-6)
+  np.testing.assert_allclose(float(metrics.modality_gap(on_3, jax.device_put(y, devices[3]))), single_gap, rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------
@@ -331,10 +330,8 @@ def test_zero_shot_matches_reference():
   w /= np.linalg.norm(w, axis=-1, keepdims=True)
   xi = images / np.linalg.norm(images, axis=1, keepdims=True)
   want = np.mean(np.argmax(xi @ w.T, axis=1) == labels)
-  np.testing.assert_allclose(metrics.zero_shot_classifier(prompts.astype(np.float32)), w,
-                             atol=1e-6)
-  got = float(metrics.zero_shot_accuracy(images.astype(np.float32), labels,
-                                         prompts.astype(np.float32)))
+  np.testing.assert_allclose(metrics.zero_shot_classifier(prompts.astype(np.float32)), w, atol=1e-6)
+  got = float(metrics.zero_shot_accuracy(images.astype(np.float32), labels, prompts.astype(np.float32)))
   # The accuracy is a float32 mean of n booleans.
   assert got == pytest.approx(want, abs=1e-6) and 0.2 < got < 1.0
   # [C, d]: a single template per class is the same classifier as T = 1.
@@ -352,10 +349,10 @@ def test_linear_probe_matches_sklearn():
   tr, te = slice(0, n_train), slice(n_train, None)
   l2 = 1e-2
 
-  acc = metrics.linear_probe_accuracy(feats[tr], labels[tr], feats[te], labels[te], l2=l2,
-                                      steps=300)
-  assert acc == metrics.linear_probe_accuracy(feats[tr], labels[tr], feats[te], labels[te],
-                                              l2=l2, steps=300)  # deterministic
+  acc = metrics.linear_probe_accuracy(feats[tr], labels[tr], feats[te], labels[te], l2=l2, steps=300)
+  assert acc == metrics.linear_probe_accuracy(
+    feats[tr], labels[tr], feats[te], labels[te], l2=l2, steps=300
+  )  # deterministic
 
   # sklearn on the same standardised features, C = 1/(n·l2).
   mean, std = feats[tr].mean(0), feats[tr].std(0)

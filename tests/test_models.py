@@ -73,8 +73,10 @@ def test_clip_embeddings_are_unit_norm_and_methods_agree(tiny_clip):
 
   @jax.jit
   def encode(v):
-    return (model.apply(v, images, method=models.CLIP.encode_image),
-            model.apply(v, tokens, method=models.CLIP.encode_text))
+    return (
+      model.apply(v, images, method=models.CLIP.encode_image),
+      model.apply(v, tokens, method=models.CLIP.encode_text),
+    )
 
   enc_image, enc_text = encode(variables)
   np.testing.assert_allclose(enc_image, image_emb, atol=1e-6)
@@ -168,11 +170,13 @@ def test_resnet_batchnorm_under_pmap_matches_one_device():
   out1, state1 = jax.jit(functools.partial(train_fwd, single))(variables, images)
   replicated = jax.tree.map(lambda a: jnp.broadcast_to(a, (4,) + a.shape), variables)
   outp, statep = jax.pmap(functools.partial(train_fwd, synced), axis_name='batch')(
-      replicated, images.reshape(4, 2, 8, 8, 1))
+    replicated, images.reshape(4, 2, 8, 8, 1)
+  )
   assert out1.shape == (8, 8)
   np.testing.assert_allclose(outp.reshape(8, 8), out1, rtol=1e-4, atol=1e-5)
-  for leaf_p, leaf_1, leaf_0 in zip(jax.tree.leaves(statep), jax.tree.leaves(state1),
-                                    jax.tree.leaves(variables['batch_stats'])):
+  for leaf_p, leaf_1, leaf_0 in zip(
+    jax.tree.leaves(statep), jax.tree.leaves(state1), jax.tree.leaves(variables['batch_stats'])
+  ):
     for d in range(4):
       np.testing.assert_allclose(leaf_p[d], leaf_1, rtol=1e-4, atol=1e-6)
     assert not np.allclose(leaf_1, leaf_0)  # The statistics did move.
@@ -196,8 +200,7 @@ def test_vit_output_shape_smoke():
 @pytest.fixture(scope='module')
 def text_tower():
   vocab, length = 50, 8
-  tower = models.TextTransformer(vocab_size=vocab, context_length=length, width=32, depth=2, heads=4,
-                                 output_dim=16)
+  tower = models.TextTransformer(vocab_size=vocab, context_length=length, width=32, depth=2, heads=4, output_dim=16)
   tokens = _tokens(jax.random.key(10), 2, length, vocab)
   variables = jax.jit(tower.init)(_key(11), tokens)
 
@@ -263,7 +266,9 @@ def _set(cfg, dotted, value):
   cfg[leaf] = value
 
 
-@pytest.mark.parametrize('field, value', [
+@pytest.mark.parametrize(
+  'field, value',
+  [
     ('image_tower', 'cnn'),
     ('dtype', 'float16'),
     ('embed_dim', 0),
@@ -274,7 +279,8 @@ def _set(cfg, dotted, value):
     ('image_size', 16),  # Too small for 4 stages.
     ('text.heads', 5),
     ('vocab_size', -1),
-])
+  ],
+)
 def test_invalid_config_raises_config_error(field, value):
   cfg = models.default_model_config()
   _set(cfg, field, value)
@@ -299,5 +305,9 @@ def test_invalid_vit_config_raises_config_error():
 def test_wrong_image_size_at_call_raises():
   model = models.create_model(models.default_model_config(), NU_INIT)
   with pytest.raises(ConfigError, match='image_size'):
-    jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 48, 48, 3), jnp.float32),
-                   jax.ShapeDtypeStruct((1, 32), jnp.int32))
+    jax.eval_shape(
+      model.init,
+      jax.random.key(0),
+      jax.ShapeDtypeStruct((1, 48, 48, 3), jnp.float32),
+      jax.ShapeDtypeStruct((1, 32), jnp.int32),
+    )

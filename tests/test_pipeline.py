@@ -73,9 +73,8 @@ def test_in_process_grain_equals_train_batches_and_resumes(train_split, tokenize
   _assert_same_batches(stream, reference)
   stream.close()
   for start in (3, 21):  # Inside the first epoch, and just before its boundary.
-    resumed = data.grain_train_batches(train_split, tokenizer=tokenizer, start_step=start, num_threads=0,
-                                       **_KWARGS)
-    _assert_same_batches(resumed, reference[start:start + 3])
+    resumed = data.grain_train_batches(train_split, tokenizer=tokenizer, start_step=start, num_threads=0, **_KWARGS)
+    _assert_same_batches(resumed, reference[start : start + 3])
     resumed.close()
 
 

@@ -30,8 +30,8 @@ class ByteLike:
   def encode(self, texts, context_length):
     out = np.zeros((len(texts), context_length), np.int32)
     for row, text in enumerate(texts):
-      ids = list(text.encode())[:context_length - 1] + [255]
-      out[row, :len(ids)] = ids
+      ids = list(text.encode())[: context_length - 1] + [255]
+      out[row, : len(ids)] = ids
     return out
 
 
@@ -47,7 +47,7 @@ def test_tokenize_captions_matches_a_loop():
     assert counts[i] == len(caps)
     for j, text in enumerate(caps):
       np.testing.assert_array_equal(tokens[i, j], ByteLike().encode([text], 8)[0])
-    assert not tokens[i, len(caps):].any()
+    assert not tokens[i, len(caps) :].any()
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.2, 0.5, 1.0])
@@ -64,8 +64,9 @@ def test_mismatch_pairs_is_a_derangement_of_the_chosen(fraction):
 def make(n=40, batch=8, augment=1.0, mismatch=0.0):
   images, captions = toy_split(n)
   examples = data.InMemoryExamples(images, captions)
-  split = resident.make_resident_split(examples, ByteLike(), image_size=6, context_length=8,
-                                       mismatch_fraction=mismatch, seed=1)
+  split = resident.make_resident_split(
+    examples, ByteLike(), image_size=6, context_length=8, mismatch_fraction=mismatch, seed=1
+  )
   sampling = resident.Sampling(n, batch, MEAN, STD, resident.Augment(augment))
   return images, captions, split, sampling
 
@@ -149,8 +150,9 @@ def test_crop_and_resize_matches_scipy_bilinear(crop, corner):
   # Output pixel o reads input corner + (o + 1/2)·crop − 1/2, bilinear, edge-clamped.
   coords = np.asarray(corner)[:, None] + (np.arange(side) + 0.5) * crop - 0.5
   rows, cols = np.meshgrid(coords[0], coords[1], indexing="ij")
-  expected = np.stack([ndimage.map_coordinates(image[..., c], [rows, cols], order=1, mode="nearest")
-                       for c in range(3)], axis=-1)
+  expected = np.stack(
+    [ndimage.map_coordinates(image[..., c], [rows, cols], order=1, mode="nearest") for c in range(3)], axis=-1
+  )
   np.testing.assert_allclose(out, expected, atol=1e-5)
 
 

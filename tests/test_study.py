@@ -18,11 +18,21 @@ from modgap_jax.errors import ConfigError
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # tests/test_train.py's digits_config, as base overrides of the regime: 8×8 digits, tiny towers.
 TINY = {
-    "dataset": {"name": "digits_captions", "zero_shot_label": "label"},
-    "model.image_size": 8, "model.embed_dim": 16, "model.context_length": 24, "model.resnet.layers": (1, 1),
-    "model.resnet.width": 8, "model.resnet.heads": 2, "model.text": {"width": 16, "depth": 1, "heads": 2},
-    "batch_size": 64, "num_steps": 4, "optimizer.warmup_epochs": 0.1, "log_every": 1, "eval_every": 2,
-    "checkpoint_every": 2, "eval.probe_steps": 20,
+  "dataset": {"name": "digits_captions", "zero_shot_label": "label"},
+  "model.image_size": 8,
+  "model.embed_dim": 16,
+  "model.context_length": 24,
+  "model.resnet.layers": (1, 1),
+  "model.resnet.width": 8,
+  "model.resnet.heads": 2,
+  "model.text": {"width": 16, "depth": 1, "heads": 2},
+  "batch_size": 64,
+  "num_steps": 4,
+  "optimizer.warmup_epochs": 0.1,
+  "log_every": 1,
+  "eval_every": 2,
+  "checkpoint_every": 2,
+  "eval.probe_steps": 20,
 }
 
 
@@ -43,8 +53,11 @@ def compilation_cache(tmp_path_factory):
   from jax.experimental.compilation_cache import compilation_cache as cache
 
   directory = str(tmp_path_factory.mktemp("xla_cache"))
-  options = {"jax_compilation_cache_dir": directory, "jax_persistent_cache_min_compile_time_secs": 0.0,
-             "jax_persistent_cache_min_entry_size_bytes": 0}
+  options = {
+    "jax_compilation_cache_dir": directory,
+    "jax_persistent_cache_min_compile_time_secs": 0.0,
+    "jax_persistent_cache_min_entry_size_bytes": 0,
+  }
   previous = {name: getattr(jax.config, name) for name in options}
   for name, value in options.items():
     jax.config.update(name, value)
@@ -116,7 +129,7 @@ def test_second_invocation_trains_nothing_and_partial_studies_aggregate(grid, mo
     lines = f.readlines()
   try:
     with open(log, "w") as f:
-      f.writelines(l for l in lines if json.loads(l)["step"] < 4)
+      f.writelines(line for line in lines if json.loads(line)["step"] < 4)
     partial = study.aggregate(config, workdir)
     assert not partial["complete"]
     assert partial["cells"][1]["seeds"] == [0] and partial["cells"][1]["metrics"]["gap"]["std"] == 0.0
@@ -132,8 +145,12 @@ def test_recorded_command_reproduces_a_seed(grid, tmp_path, compilation_cache):
   run = str(tmp_path / "again")
   cmd = shlex.split(cell["command"].format(seed=1, workdir=run))
   cmd[0] = sys.executable  # the interpreter of this environment
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
-         **compilation_cache}
+  env = {
+    **os.environ,
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    "JAX_PLATFORMS": "cpu",
+    **compilation_cache,
+  }
   done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-2000:]
   with open(os.path.join(run, "metrics.jsonl")) as f:
@@ -146,12 +163,14 @@ def test_overrides_commands_and_directories():
   assert study.flatten_overrides({"a": {"b": 1, "c.d": "x"}, "e": (1, 1)}) == {"a.b": 1, "a.c.d": "x", "e": (1, 1)}
   assert study.nest_overrides({"a.b": 1, "a.c.d": "x", "e": (1, 1)}) == {"a": {"b": 1, "c": {"d": "x"}}, "e": (1, 1)}
   config = study_config.get_config("table3")
-  config.base_overrides = study.nest_overrides({"model": {"resnet.layers": (1, 1)}, "optimizer.learning_rate": 1e-4,
-                                               "dataset.name": "digits_captions"})
+  config.base_overrides = study.nest_overrides(
+    {"model": {"resnet.layers": (1, 1)}, "optimizer.learning_rate": 1e-4, "dataset.name": "digits_captions"}
+  )
   assert study.command(config, "flt=0.1") == (
-      "python -m experiments.main --config=configs/regime.py:flt=0.1 --config.seed={seed} "
-      "--config.dataset.name=digits_captions '--config.model.resnet.layers=(1, 1)' "
-      "--config.optimizer.learning_rate=0.0001 --workdir {workdir}")
+    "python -m experiments.main --config=configs/regime.py:flt=0.1 --config.seed={seed} "
+    "--config.dataset.name=digits_captions '--config.model.resnet.layers=(1, 1)' "
+    "--config.optimizer.learning_rate=0.0001 --workdir {workdir}"
+  )
   assert study.cell_dirname("flt=0.04") == "flt=0.04" and study.cell_dirname("tr=exp_scaled:4") == "tr=exp_scaled_4"
   assert study_config.get_config("table3").cells == () and study.study_cells(config)[-1] == "hs=1.0"
   assert study_config.get_config("fig4a").base_overrides.to_dict() == {"eval_every": 25}
@@ -173,8 +192,9 @@ def test_theorem32_fit_recovers_an_exact_law_after_the_warmup():
   steps = np.arange(25, 1001, 25)
   law = lambda t: 0.2 + 0.5 / np.log(t) ** 2  # Δ = a + b·x with a = 0.2, b = −0.5
   # Two seeds around the law; before the warm-up (t <= 100) the gap is off the line.
-  runs = [[{"split": "eval", "step": int(t), "gap": law(t) + (s - 0.5) * 0.01 + (t <= 100)} for t in steps]
-          for s in (0, 1)]
+  runs = [
+    [{"split": "eval", "step": int(t), "gap": law(t) + (s - 0.5) * 0.01 + (t <= 100)} for t in steps] for s in (0, 1)
+  ]
   fit = study.theorem32_fit(runs, min_step=100)
   assert fit["r2"] == pytest.approx(1.0) and fit["slope"] == pytest.approx(-0.5)
   assert fit["intercept"] == pytest.approx(0.2)
@@ -190,10 +210,16 @@ def test_bad_study_and_override_are_config_errors(tmp_path, data_dir):
   with pytest.raises(ConfigError, match="model.nope"):
     study.run_study(config, str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
-  done = subprocess.run([sys.executable, "-m", "experiments.main", "--config=configs/study.py:table9",
-                         f"--workdir={tmp_path / 'w'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+  done = subprocess.run(
+    [sys.executable, "-m", "experiments.main", "--config=configs/study.py:table9", f"--workdir={tmp_path / 'w'}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert done.returncode == 2 and done.stderr.strip().splitlines() == [
-      "error: study='table9' is not valid; choose one of 'table2', 'table3', 'fig4a', 'fig4b'"]
+    "error: study='table9' is not valid; choose one of 'table2', 'table3', 'fig4a', 'fig4b'"
+  ]
 
 
 def test_fig4b_rises_match_an_independent_recomputation(tmp_path, data_dir, monkeypatch):
@@ -211,8 +237,11 @@ def test_fig4b_rises_match_an_independent_recomputation(tmp_path, data_dir, monk
   # Init 3 (the padded second chunk) again: a plain pmapped step on one device, Δ in float64.
   setup = study.fig4b_setup(config, workdir)
   state = train_step.init_state(setup.model, setup.tx, study.init_key(0, 3), (8, 8, 3), 24)
-  step = jax.pmap(functools.partial(train_step.train_step, model=setup.model, tx=setup.tx,
-                                    reparam=setup.spec.reparam), axis_name=train_step.AXIS, devices=jax.devices()[:1])
+  step = jax.pmap(
+    functools.partial(train_step.train_step, model=setup.model, tx=setup.tx, reparam=setup.spec.reparam),
+    axis_name=train_step.AXIS,
+    devices=jax.devices()[:1],
+  )
 
   def gap(state):
     image, text = setup.model.apply({"params": state.params}, setup.pair_images, setup.pair_tokens)

@@ -11,14 +11,14 @@ from modgap_jax import temperature
 from modgap_jax.errors import ConfigError
 
 REFERENCE_BETA = {  # float64 closed forms of MATH.md §1
-    "exp": lambda nu, s: np.exp(nu),
-    "softplus": lambda nu, s: np.log1p(np.exp(nu)),
-    "exp_scaled": lambda nu, s: np.exp(nu / s),
+  "exp": lambda nu, s: np.exp(nu),
+  "softplus": lambda nu, s: np.log1p(np.exp(nu)),
+  "exp_scaled": lambda nu, s: np.exp(nu / s),
 }
 REFERENCE_DBETA = {
-    "exp": lambda nu, s: np.exp(nu),
-    "softplus": lambda nu, s: 1.0 / (1.0 + np.exp(-nu)),
-    "exp_scaled": lambda nu, s: np.exp(nu / s) / s,
+  "exp": lambda nu, s: np.exp(nu),
+  "softplus": lambda nu, s: 1.0 / (1.0 + np.exp(-nu)),
+  "exp_scaled": lambda nu, s: np.exp(nu / s) / s,
 }
 
 
@@ -66,11 +66,14 @@ def test_fixed_leaf_is_bit_identical_after_many_steps():
   assert not np.allclose(params["image"]["kernel"], 1.0)  # the rest still trains
 
 
-@pytest.mark.parametrize("schedule", [
+@pytest.mark.parametrize(
+  "schedule",
+  [
     optax.linear_schedule(0.01, 0.05, 50),
     optax.cosine_decay_schedule(0.2, 50, alpha=0.1),
     optax.piecewise_constant_schedule(0.07, {20: 0.5, 40: 0.5}),
-])
+  ],
+)
 def test_scheduled_leaf_equals_schedule_at_every_step(schedule):
   spec = temperature.TemperatureSpec(mode="scheduled", tau_schedule=schedule, reparam=temperature.Reparam("softplus"))
   _, history = run_steps(spec, random_grads, 60)
@@ -113,8 +116,9 @@ def test_no_weight_decay_on_nu():
 
 
 def test_spec_from_config_and_errors():
-  cfg = ml_collections.ConfigDict({"mode": "scheduled", "reparam": "exp",
-                                   "schedule": {"kind": "linear", "tau_start": 0.01, "tau_end": 0.05}})
+  cfg = ml_collections.ConfigDict(
+    {"mode": "scheduled", "reparam": "exp", "schedule": {"kind": "linear", "tau_start": 0.01, "tau_end": 0.05}}
+  )
   spec = temperature.spec_from_config(cfg, total_steps=100)
   np.testing.assert_allclose(spec.tau_schedule(50), 0.03, rtol=1e-6)
   with pytest.raises(ConfigError, match="temperature.mode='warm'.*'learned', 'fixed', 'scheduled'"):

@@ -12,22 +12,20 @@ import numpy as np
 import pytest
 
 from modgap_jax import data
-from modgap_jax.data.text import base
-from modgap_jax.data.text import bpe
-from modgap_jax.data.text import byte
+from modgap_jax.data.text import base, bpe, byte
 from modgap_jax.errors import ConfigError
 
 EOW = 256  # The end-of-word symbol.
 UNSEEN = [
-    "Café crème brûlée",
-    "an emoji of face with spiral eyes 😵‍💫",
-    "🙂 face",
-    "naïve résumé, déjà vu!",
-    "ジャンプ 東京 — ¿qué?",
-    "e\u0301 combining accent",  # 'e' then a combining acute: a word, then a mark.
-    "  weird   spacing -- a - b , c :d  ",
-    "under_score 123 4.5% x+y=z",
-    "zzzqqq xylophone quokka",
+  "Café crème brûlée",
+  "an emoji of face with spiral eyes 😵‍💫",
+  "🙂 face",
+  "naïve résumé, déjà vu!",
+  "ジャンプ 東京 — ¿qué?",
+  "e\u0301 combining accent",  # 'e' then a combining acute: a word, then a mark.
+  "  weird   spacing -- a - b , c :d  ",
+  "under_score 123 4.5% x+y=z",
+  "zzzqqq xylophone quokka",
 ]
 
 
@@ -67,7 +65,7 @@ def _naive_pieces(text: str) -> list[tuple[int, ...]]:
 def _naive_merge(symbols, pair, new):
   out, i = [], 0
   while i < len(symbols):
-    if tuple(symbols[i:i + 2]) == pair:
+    if tuple(symbols[i : i + 2]) == pair:
       out.append(new)
       i += 2
     else:
@@ -102,8 +100,10 @@ def _random_corpus(rng, n):
   punctuation = ["", "", "", ",", ":", " -", "-", "!"]
   texts = []
   for _ in range(n):
-    words = ["".join(rng.choice(syllables, size=rng.integers(1, 4))) + rng.choice(punctuation)
-             for _ in range(rng.integers(1, 7))]
+    words = [
+      "".join(rng.choice(syllables, size=rng.integers(1, 4))) + rng.choice(punctuation)
+      for _ in range(rng.integers(1, 7))
+    ]
     texts.append(("  " if rng.random() < 0.2 else "") + " ".join(words).upper())
   return texts
 
@@ -121,7 +121,7 @@ def test_bpe_merges_match_a_hand_computation():
   # (l, o) < (o, w) < (er, </w>). Then (er, </w>) = (257, 256) < (lo, w) = (258, 119).
   # Then (lo, w); after it every pair occurs once, so training stops.
   tok = bpe.train_bpe(["low lower lowest", "newer wider"], 1000)
-  e, r, l, o, w = (ord(c) for c in "erlow")
+  e, r, l, o, w = (ord(c) for c in "erlow")  # noqa: E741  (the letters themselves)
   assert tok.merges == ((e, r), (l, o), (257, EOW), (258, w))
   assert tok.vocab_size == 260 + 4 and tok.eot_id == 263 and tok.sot_id == 262
   assert tok.token_strings("lower lowest") == ["low", "er</w>", "low", "e", "s", "t", "</w>"]
@@ -207,8 +207,7 @@ def test_byte_tokenizer_object_is_the_module_functions():
   texts = ["A photo of SEVEN", "café", "🙂"]
   np.testing.assert_array_equal(tok.encode(texts, 20), data.tokenize(texts, 20))
   assert tok.decode(tok.encode(texts, 20)) == data.detokenize(data.tokenize(texts, 20))
-  assert (tok.vocab_size, tok.sot_id, tok.eot_id) == (byte.VOCAB_SIZE, byte.SOT_ID,
-                                                      byte.EOT_ID) == (259, 257, 258)
+  assert (tok.vocab_size, tok.sot_id, tok.eot_id) == (byte.VOCAB_SIZE, byte.SOT_ID, byte.EOT_ID) == (259, 257, 258)
 
 
 # ------------------------------------------------------------------- factory, storage
@@ -232,8 +231,7 @@ def test_make_tokenizer_and_json_round_trip():
   assert bpe.BPETokenizer.from_json(tok.to_json()) == tok
 
   spec = json.loads(tok.to_json())
-  bad = [dict(spec, merges=[[0, 999]]), dict(spec, vocab_size=7), dict(spec, kind="byte", version=9),
-         spec["merges"]]
+  bad = [dict(spec, merges=[[0, 999]]), dict(spec, vocab_size=7), dict(spec, kind="byte", version=9), spec["merges"]]
   for broken in [json.dumps(b) for b in bad] + ["{not json"]:
     with pytest.raises(ConfigError):
       bpe.BPETokenizer.from_json(broken)
@@ -262,9 +260,10 @@ def test_pipeline_with_bpe_keeps_shapes_and_captions():
   assert all(w.startswith(c) and len(c) == 10 for w, c in zip(whole, cut))
 
   texts = []
-  for b_bytes, b_bpe in zip(data.eval_text_batches(ds, batch_size=16, num_devices=4, context_length=12),
-                            data.eval_text_batches(ds, batch_size=16, num_devices=4, context_length=12,
-                                                   tokenizer=tok)):
+  for b_bytes, b_bpe in zip(
+    data.eval_text_batches(ds, batch_size=16, num_devices=4, context_length=12),
+    data.eval_text_batches(ds, batch_size=16, num_devices=4, context_length=12, tokenizer=tok),
+  ):
     assert {k: v.shape for k, v in b_bytes.items()} == {k: v.shape for k, v in b_bpe.items()}
     np.testing.assert_array_equal(b_bytes["image_index"], b_bpe["image_index"])
     texts.extend(np.array(tok.decode(flat(b_bpe)), dtype=object)[b_bpe["mask"].reshape(-1)])

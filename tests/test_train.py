@@ -48,8 +48,10 @@ def digits_dir(tmp_path_factory):
 def random_batch(rng, num_devices, global_batch, image_size, context_length):
   images = rng.standard_normal((global_batch, image_size, image_size, 3)).astype(np.float32)
   tokens = data.tokenize([f"digit {i % 10} number {i}" for i in range(global_batch)], context_length)
-  return {"image": images.reshape(num_devices, -1, *images.shape[1:]),
-          "text": tokens.reshape(num_devices, -1, context_length)}
+  return {
+    "image": images.reshape(num_devices, -1, *images.shape[1:]),
+    "text": tokens.reshape(num_devices, -1, context_length),
+  }
 
 
 @pytest.mark.parametrize("norm,method", [("group", "baseline"), ("batch", "ts=S3")])
@@ -69,8 +71,11 @@ def test_four_device_step_equals_one_device_step(norm, method):
   step = train_step.make_pmapped_train_step(model, tx, spec.reparam, config.swap)
   new4, logs4 = step(flax.jax_utils.replicate(state), batch)
   one_device = jax.devices()[:1]
-  step1 = jax.pmap(lambda s, b: train_step.train_step(s, b, model=model, tx=tx, reparam=spec.reparam),
-                   axis_name=train_step.AXIS, devices=one_device)
+  step1 = jax.pmap(
+    lambda s, b: train_step.train_step(s, b, model=model, tx=tx, reparam=spec.reparam),
+    axis_name=train_step.AXIS,
+    devices=one_device,
+  )
   global_batch = jax.tree.map(lambda x: x.reshape(1, -1, *x.shape[2:]), batch)
   new1, logs1 = step1(flax.jax_utils.replicate(state, devices=one_device), global_batch)
 
@@ -92,7 +97,8 @@ def test_train_step_logs_match_references():
   state = train_step.init_state(model, tx, jax.random.PRNGKey(1), (8, 8, 3), 24)
   batch = random_batch(np.random.default_rng(1), 4, 16, 8, 24)
   _, logs = train_step.make_pmapped_train_step(model, tx, spec.reparam, config.swap)(
-      flax.jax_utils.replicate(state), batch)
+    flax.jax_utils.replicate(state), batch
+  )
   flat = lambda x: np.asarray(x).reshape(-1, *x.shape[2:])
   image_emb, text_emb = model.apply({"params": state.params}, flat(batch["image"]), flat(batch["text"]))
   hx, hy = np.float64(image_emb), np.float64(text_emb)
@@ -105,12 +111,15 @@ def test_train_step_logs_match_references():
 
 
 def test_weight_decay_only_on_kernels():
-  params = {"image": {"conv": {"kernel": jnp.ones((3, 3)), "bias": jnp.ones(3)},
-                      "positional_embedding": jnp.ones((4, 3))},
-            "temperature": {"nu": jnp.float32(1.0)}}
+  params = {
+    "image": {"conv": {"kernel": jnp.ones((3, 3)), "bias": jnp.ones(3)}, "positional_embedding": jnp.ones((4, 3))},
+    "temperature": {"nu": jnp.float32(1.0)},
+  }
   mask = train_step.decay_mask(params)
-  assert mask == {"image": {"conv": {"kernel": True, "bias": False}, "positional_embedding": False},
-                  "temperature": {"nu": False}}
+  assert mask == {
+    "image": {"conv": {"kernel": True, "bias": False}, "positional_embedding": False},
+    "temperature": {"nu": False},
+  }
 
 
 def test_learning_rate_warmup_then_cosine():
@@ -133,18 +142,20 @@ def test_embedding_metrics_against_numpy():
   np.testing.assert_allclose(out["gap"], np.linalg.norm(paired.mean(0) - text_emb.mean(0)), rtol=1e-5)
   np.testing.assert_allclose(out["alignment"], np.mean(np.sum((paired - text_emb) ** 2, 1)), rtol=1e-5)
   sample = np.random.default_rng(0).choice(60, size=20, replace=False)
-  np.testing.assert_allclose(out["gap_512"], np.linalg.norm(paired[sample].mean(0) - text_emb[sample].mean(0)),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    out["gap_512"], np.linalg.norm(paired[sample].mean(0) - text_emb[sample].mean(0)), rtol=1e-5
+  )
   # Eval loss: batches of 8 (image, first caption) pairs, weighted by size.
   first = text_emb[0::2]
   losses = []
   for s in range(0, 30, 8):
-    x, y = image_emb[s:s + 8], first[s:s + 8]
+    x, y = image_emb[s : s + 8], first[s : s + 8]
     z = 10.0 * x @ y.T
     lse = lambda a, axis: np.log(np.exp(a).sum(axis))
     losses.append((0.5 * (np.mean(lse(z, 1) - np.diag(z)) + np.mean(lse(z, 0) - np.diag(z))), len(x)))
-  np.testing.assert_allclose(out["loss"], np.average([l for l, _ in losses], weights=[w for _, w in losses]),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    out["loss"], np.average([loss for loss, _ in losses], weights=[w for _, w in losses]), rtol=1e-5
+  )
   scores = image_emb @ text_emb.T
   top1 = text_to_image[np.argmax(scores, axis=1)] == np.arange(30)
   np.testing.assert_allclose(out["i2t_r1"], top1.mean())
@@ -170,8 +181,7 @@ def test_train_and_evaluate_end_to_end_on_digits(tmp_path, digits_dir):
     np.testing.assert_allclose(r["beta"] * r["tau"], 1.0, rtol=1e-5)
   for r in eval_lines:
     assert EVAL_KEYS <= set(r)
-    for key in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "zeroshot_top1",
-                "linear_probe_top1"):
+    for key in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "zeroshot_top1", "linear_probe_top1"):
       assert 0.0 <= r[key] <= 1.0, key
     assert r["i2t_r1"] <= r["i2t_r5"] <= r["i2t_r10"]
   assert final["gap"] == pytest.approx(eval_lines[-1]["gap"])
@@ -184,8 +194,9 @@ def test_train_and_evaluate_end_to_end_on_digits(tmp_path, digits_dir):
 
 def test_multistep_dispatch_keeps_logs_evals_and_checkpoints_at_their_steps(tmp_path, digits_dir):
   # 4 steps per dispatch, but evaluations and checkpoints every 3: dispatches stop at 3 and 6.
-  config = digits_config(**{"dataset.data_dir": digits_dir, "steps_per_dispatch": 4, "num_steps": 7,
-                            "eval.linear_probe": False})
+  config = digits_config(
+    **{"dataset.data_dir": digits_dir, "steps_per_dispatch": 4, "num_steps": 7, "eval.linear_probe": False}
+  )
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(config, workdir)
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
@@ -196,6 +207,7 @@ def test_multistep_dispatch_keeps_logs_evals_and_checkpoints_at_their_steps(tmp_
 
 def test_study_regime_keeps_slrt_relative_to_its_own_nu_rate():
   from configs import regime
+
   assert regime.get_config("baseline").temperature.lr_multiplier == 100.0
   assert regime.get_config("slrt").temperature.lr_multiplier == pytest.approx(10.0)
   assert regime.get_config("flt=0.04").temperature.mode == "fixed"
@@ -224,9 +236,9 @@ def test_scanned_steps_equal_single_steps():
     p_state, logs = single(p_state, batch)
     losses.append(float(logs["loss"][0]))
   for unroll in (False, True):
-    scanned = train_step.MultiStep(train_step.streamed_steps,
-                                   dict(step_fn=train_step.bind_step(model, tx, spec.reparam, config.swap),
-                                        unroll=unroll))
+    scanned = train_step.MultiStep(
+      train_step.streamed_steps, dict(step_fn=train_step.bind_step(model, tx, spec.reparam, config.swap), unroll=unroll)
+    )
     stacked = jax.tree.map(lambda *xs: np.stack(xs, axis=1), *batches)
     q_state, q_logs = scanned.run(3, flax.jax_utils.replicate(state), stacked)
     np.testing.assert_allclose(q_logs["loss"][0], losses, rtol=1e-5)
@@ -234,14 +246,17 @@ def test_scanned_steps_equal_single_steps():
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("overrides", [
+@pytest.mark.parametrize(
+  "overrides",
+  [
     {},  # the device-resident split, one step per dispatch
     {"steps_per_dispatch": 2, "dataset.mismatch_fraction": 0.3, "dataset.augment_min_scale": 0.5},
     {"steps_per_dispatch": 3, "dataset.on_device": "no"},  # host batches, scanned
-], ids=["resident", "resident-k2-augment", "streamed-k3"])
+  ],
+  ids=["resident", "resident-k2-augment", "streamed-k3"],
+)
 def test_resumed_run_reproduces_uninterrupted_run(tmp_path, digits_dir, monkeypatch, overrides):
-  config = digits_config(**{"dataset.data_dir": digits_dir, "eval_every": 100, "eval.linear_probe": False,
-                            **overrides})
+  config = digits_config(**{"dataset.data_dir": digits_dir, "eval_every": 100, "eval.linear_probe": False, **overrides})
   straight = str(tmp_path / "straight")
   train.train_and_evaluate(config, straight)
 
@@ -275,7 +290,9 @@ def test_resumed_run_reproduces_uninterrupted_run(tmp_path, digits_dir, monkeypa
     assert ra["tau"] == rb["tau"]
 
 
-@pytest.mark.parametrize("arg,field,value", [
+@pytest.mark.parametrize(
+  "arg,field,value",
+  [
     ("baseline", "temperature.mode", "learned"),
     ("flt=0.04", "temperature.tau_init", 0.04),
     ("flt=0.04", "temperature.mode", "fixed"),
@@ -287,7 +304,8 @@ def test_resumed_run_reproduces_uninterrupted_run(tmp_path, digits_dir, monkeypa
     ("slrt=0.5", "temperature.lr_multiplier", 0.5),
     ("hs=1e-3", "swap.method", "hard"),
     ("ss=5e-2", "swap.p", 0.05),
-])
+  ],
+)
 def test_method_variants(arg, field, value):
   config = default.get_config(arg)
   node = config
@@ -297,8 +315,10 @@ def test_method_variants(arg, field, value):
   assert config.method == arg
 
 
-@pytest.mark.parametrize("arg,match", [("bogus", "method='bogus'"), ("ts=S9", "ts='S9'"), ("flt=abc", "flt='abc'"),
-                                       ("hs=2", "hs=2.0 is out of range")])
+@pytest.mark.parametrize(
+  "arg,match",
+  [("bogus", "method='bogus'"), ("ts=S9", "ts='S9'"), ("flt=abc", "flt='abc'"), ("hs=2", "hs=2.0 is out of range")],
+)
 def test_bad_method_is_a_config_error(arg, match):
   with pytest.raises(ConfigError, match=match):
     default.get_config(arg)
@@ -307,8 +327,15 @@ def test_bad_method_is_a_config_error(arg, match):
 def test_config_overrides_reach_the_config(monkeypatch):
   """Overrides through the entry point's own flags, as `python -m experiments.main` parses them."""
   from experiments import main as entry
-  argv = ["prog", f"--config={REPO}/configs/default.py:ts=S2", "--config.batch_size=64", "--config.swap.p=0.5",
-          "--config.temperature.beta_cap=50.0", "--workdir=/unused"]
+
+  argv = [
+    "prog",
+    f"--config={REPO}/configs/default.py:ts=S2",
+    "--config.batch_size=64",
+    "--config.swap.p=0.5",
+    "--config.temperature.beta_cap=50.0",
+    "--workdir=/unused",
+  ]
   monkeypatch.setattr(sys, "argv", argv)  # config_flags registers overrides from sys.argv
   try:
     entry._parse_flags(argv)
@@ -321,6 +348,7 @@ def test_config_overrides_reach_the_config(monkeypatch):
 
 def test_metrics_log_cuts_back_to_the_resumed_step(tmp_path):
   from modgap_jax import run_io
+
   path = str(tmp_path / "metrics.jsonl")
   with open(path, "w") as f:
     for step in range(1, 6):
@@ -339,7 +367,9 @@ def read_events(workdir):
   u64 length, u32 crc, payload, u32 crc), parsed with tensorboardX's own protobufs."""
   import glob
   import struct
+
   from tensorboardX.proto import event_pb2
+
   scalars, images = {}, set()
   for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
     with open(path, "rb") as f:
@@ -357,8 +387,9 @@ def read_events(workdir):
 
 def test_event_files_hold_the_logged_scalars_and_the_pca_figure(tmp_path, digits_dir):
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(digits_config(**{"dataset.data_dir": digits_dir, "num_steps": 3,
-                                            "eval.linear_probe": False}), workdir)
+  train.train_and_evaluate(
+    digits_config(**{"dataset.data_dir": digits_dir, "num_steps": 3, "eval.linear_probe": False}), workdir
+  )
   scalars, images = read_events(workdir)
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   for r in records:
@@ -367,6 +398,8 @@ def test_event_files_hold_the_logged_scalars_and_the_pca_figure(tmp_path, digits
   assert images == {"embeddings_pca"}
 
   quiet = str(tmp_path / "quiet")
-  train.train_and_evaluate(digits_config(**{"dataset.data_dir": digits_dir, "num_steps": 1, "tensorboard": False,
-                                            "eval.linear_probe": False}), quiet)
+  train.train_and_evaluate(
+    digits_config(**{"dataset.data_dir": digits_dir, "num_steps": 1, "tensorboard": False, "eval.linear_probe": False}),
+    quiet,
+  )
   assert not [f for f in os.listdir(quiet) if f.startswith("events.")]

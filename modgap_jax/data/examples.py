@@ -26,11 +26,8 @@ import numpy as np
 import tqdm
 from PIL import Image
 
-from modgap_jax.data import registry
-from modgap_jax.data import text
-from modgap_jax.data.builders import coco
-from modgap_jax.data.builders import coco_raw
-from modgap_jax.data.builders import image_text_folder
+from modgap_jax.data import registry, text
+from modgap_jax.data.builders import coco, coco_raw, image_text_folder
 
 Record = tuple[np.ndarray, list[str], dict[str, int]]
 
@@ -139,10 +136,15 @@ class Examples(abc.ABC):
 class InMemoryExamples(Examples):
   """A split held in memory; resized images are cached per image size."""
 
-  def __init__(self, images: Sequence[np.ndarray] | np.ndarray, captions: Sequence[Sequence[str]],
-               labels: Mapping[str, np.ndarray] | None = None, *,
-               cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES,
-               class_names: Mapping[str, Sequence[str]] | None = None):
+  def __init__(
+    self,
+    images: Sequence[np.ndarray] | np.ndarray,
+    captions: Sequence[Sequence[str]],
+    labels: Mapping[str, np.ndarray] | None = None,
+    *,
+    cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES,
+    class_names: Mapping[str, Sequence[str]] | None = None,
+  ):
     if len(images) != len(captions):
       raise ValueError(f"{len(images)} images but {len(captions)} caption lists")
     empty = [i for i, c in enumerate(captions) if not len(c)]
@@ -189,8 +191,13 @@ class InMemoryExamples(Examples):
 class LazyExamples(Examples):
   """Reads examples from a random-access source per batch (for data too big to cache)."""
 
-  def __init__(self, source, to_record: Callable[[Mapping[str, Any]], Record], *,
-               class_names: Mapping[str, Sequence[str]] | None = None):
+  def __init__(
+    self,
+    source,
+    to_record: Callable[[Mapping[str, Any]], Record],
+    *,
+    class_names: Mapping[str, Sequence[str]] | None = None,
+  ):
     self._source = source
     self._to_record = to_record
     self._captions: list[list[str]] | None = None
@@ -271,13 +278,15 @@ def _source_name(source) -> str:
   info = getattr(source, "dataset_info", None)
   name = getattr(info, "name", None)
   if name not in registry.DATASETS:
-    raise ValueError(f"cannot tell which dataset this source holds (dataset_info.name={name!r}); "
-                     f"pass an Examples object instead")
+    raise ValueError(
+      f"cannot tell which dataset this source holds (dataset_info.name={name!r}); pass an Examples object instead"
+    )
   return name
 
 
-def from_source(source, name: str | None = None, *, in_memory: bool = True,
-                cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES) -> Examples:
+def from_source(
+  source, name: str | None = None, *, in_memory: bool = True, cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES
+) -> Examples:
   """Wraps a TFDS data source of one of ``registry.DATASETS``.
 
   Args:
@@ -297,8 +306,9 @@ def from_source(source, name: str | None = None, *, in_memory: bool = True,
   images = [r[0] for r in records]
   if records and len({im.shape for im in images}) == 1:
     images = np.stack(images)  # One array: cheaper to hold and to index.
-  return InMemoryExamples(images, [r[1] for r in records], labels, cache_limit_bytes=cache_limit_bytes,
-                          class_names=class_names)
+  return InMemoryExamples(
+    images, [r[1] for r in records], labels, cache_limit_bytes=cache_limit_bytes, class_names=class_names
+  )
 
 
 def default_in_memory(name: str, num_images: int) -> bool:
@@ -310,10 +320,17 @@ def default_in_memory(name: str, num_images: int) -> bool:
   return True
 
 
-def load_examples(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
-                  in_memory: bool | None = None, source_dir: str | os.PathLike | None = None,
-                  cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES, path: str | os.PathLike | None = None,
-                  **file_kwargs) -> Examples:
+def load_examples(
+  name: str,
+  split: str,
+  data_dir: str | os.PathLike | None = None,
+  *,
+  in_memory: bool | None = None,
+  source_dir: str | os.PathLike | None = None,
+  cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES,
+  path: str | os.PathLike | None = None,
+  **file_kwargs,
+) -> Examples:
   """Loads (building if needed) ``name``/``split`` for the pipeline.
 
   Args:

@@ -48,6 +48,8 @@ def package_file(package: str, relative: str) -> pathlib.Path:
   """Returns a data file shipped inside ``package``; ConfigError when it is missing."""
   path = package_dir(package) / relative
   if not path.exists():
-    raise ConfigError(f"file={str(path)!r} is missing from package {package!r}; reinstall it with "
-                      f"`pip install --force-reinstall {package.replace('_', '-')}`")
+    raise ConfigError(
+      f"file={str(path)!r} is missing from package {package!r}; reinstall it with "
+      f"`pip install --force-reinstall {package.replace('_', '-')}`"
+    )
   return path

@@ -89,8 +89,7 @@ _CROP_ATTEMPTS = 10
 _BYTES = text.ByteTokenizer()
 
 
-def normalize(images: np.ndarray, mean: Sequence[float] = CLIP_MEAN,
-              std: Sequence[float] = CLIP_STD) -> np.ndarray:
+def normalize(images: np.ndarray, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> np.ndarray:
   """uint8 [..., 3] -> float32 ``(x / 255 - mean) / std``."""
   scale = 1.0 / (255.0 * np.asarray(std, dtype=np.float32))
   shift = np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)
@@ -141,8 +140,15 @@ class _StepPlan:
   worker, and may call it from a few threads at once (see :meth:`__call__`).
   """
 
-  def __init__(self, caption_image_index: np.ndarray, num_examples: int, global_batch_size: int,
-               seed: int, process_index: int, process_count: int):
+  def __init__(
+    self,
+    caption_image_index: np.ndarray,
+    num_examples: int,
+    global_batch_size: int,
+    seed: int,
+    process_index: int,
+    process_count: int,
+  ):
     self._num_captions = np.bincount(caption_image_index, minlength=num_examples)
     self._first_row = np.cumsum(self._num_captions) - self._num_captions
     self._num_examples = num_examples
@@ -167,12 +173,15 @@ class _StepPlan:
     epoch, position = divmod(int(step), self._per_epoch)
     cached = self._epoch
     if cached[0] != epoch:
-      cached = (epoch, epoch_permutation(self._seed, epoch, self._num_examples),
-                epoch_caption_draws(self._seed, epoch, self._num_examples))
+      cached = (
+        epoch,
+        epoch_permutation(self._seed, epoch, self._num_examples),
+        epoch_caption_draws(self._seed, epoch, self._num_examples),
+      )
       self._epoch = cached  # One assignment, so a concurrent call never sees a mixed epoch.
     _, order, draws = cached
     start = position * self._global_batch_size + self._offset
-    indices = order[start:start + self._per_process]
+    indices = order[start : start + self._per_process]
     choice = np.floor(draws[indices] * self._num_captions[indices]).astype(np.int64)
     return indices, self._first_row[indices] + choice
 
@@ -188,8 +197,9 @@ class RandomResizedCrop:
   ratio: tuple[float, float] = DEFAULT_CROP_RATIO
 
 
-def random_resized_crop(crop_scale: Sequence[float] | None,
-                        crop_ratio: Sequence[float] = DEFAULT_CROP_RATIO) -> RandomResizedCrop | None:
+def random_resized_crop(
+  crop_scale: Sequence[float] | None, crop_ratio: Sequence[float] = DEFAULT_CROP_RATIO
+) -> RandomResizedCrop | None:
   """Checks the crop arguments; None (or empty) ``crop_scale`` turns the crop off.
 
   Needs ``0 < scale[0] <= scale[1] <= 1`` and ``0 < ratio[0] <= ratio[1]``; one-line
@@ -199,8 +209,10 @@ def random_resized_crop(crop_scale: Sequence[float] | None,
     return None
   scale, ratio = tuple(float(x) for x in crop_scale), tuple(float(x) for x in crop_ratio)
   if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
-    raise ConfigError(f"dataset.crop_scale={tuple(crop_scale)!r} must be (low, high) with 0 < low <= high <= 1, "
-                      "or () for no random crop")
+    raise ConfigError(
+      f"dataset.crop_scale={tuple(crop_scale)!r} must be (low, high) with 0 < low <= high <= 1, "
+      "or () for no random crop"
+    )
   if len(ratio) != 2 or not 0.0 < ratio[0] <= ratio[1] or not all(map(math.isfinite, ratio)):
     raise ConfigError(f"dataset.crop_ratio={tuple(crop_ratio)!r} must be (low, high) with 0 < low <= high")
   return RandomResizedCrop(scale, ratio)
@@ -211,8 +223,7 @@ def crop_rng(seed: int, step: int, slot: int) -> np.random.Generator:
   return np.random.default_rng([int(seed), int(step), int(slot), _CROP_STREAM])
 
 
-def crop_box(rng: np.random.Generator, height: int, width: int,
-             crop: RandomResizedCrop) -> tuple[int, int, int, int]:
+def crop_box(rng: np.random.Generator, height: int, width: int, crop: RandomResizedCrop) -> tuple[int, int, int, int]:
   """(top, left, h, w) of a random-resized crop of an [height, width] image.
 
   Up to 10 attempts, each drawing, in this order from ``rng``,
@@ -248,7 +259,7 @@ def resized_crop(image: np.ndarray, box: tuple[int, int, int, int], size: int) -
   Cutting first means the filter sees only the box's pixels (edges replicated), as in CLIP.
   """
   top, left, h, w = box
-  patch = np.ascontiguousarray(image[top:top + h, left:left + w])
+  patch = np.ascontiguousarray(image[top : top + h, left : left + w])
   pil = Image.fromarray(patch[..., 0] if patch.shape[-1] == 1 else patch)
   out = np.asarray(pil.resize((size, size), Image.BICUBIC))
   if out.ndim == 2:
@@ -256,8 +267,9 @@ def resized_crop(image: np.ndarray, box: tuple[int, int, int, int], size: int) -
   return np.repeat(out, 3, axis=-1) if out.shape[-1] == 1 else out
 
 
-def crop_images(images: Sequence[np.ndarray], seed: int, step: int, slots: Sequence[int],
-                crop: RandomResizedCrop, size: int) -> np.ndarray:
+def crop_images(
+  images: Sequence[np.ndarray], seed: int, step: int, slots: Sequence[int], crop: RandomResizedCrop, size: int
+) -> np.ndarray:
   """uint8 [b, size, size, 3]: image k cropped by ``crop_box(crop_rng(seed, step, slots[k]), ...)``."""
   out = np.empty((len(images), size, size, 3), dtype=np.uint8)
   for k, (image, slot) in enumerate(zip(images, slots)):
@@ -273,9 +285,16 @@ class _MakeImages:
   in the main process, so the split's token array is never copied into the workers.
   """
 
-  def __init__(self, data: examples_lib.Examples, plan: _StepPlan, image_size: int,
-               mean: Sequence[float], std: Sequence[float], num_devices: int,
-               crop: RandomResizedCrop | None = None):
+  def __init__(
+    self,
+    data: examples_lib.Examples,
+    plan: _StepPlan,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    num_devices: int,
+    crop: RandomResizedCrop | None = None,
+  ):
     self._data = data
     self._plan = plan
     self._image_size = image_size
@@ -290,10 +309,10 @@ class _MakeImages:
       images, _ = self._data.fetch(indices, self._image_size)
     else:
       slots = self._plan.first_slot + np.arange(len(indices))  # Positions in the global batch.
-      images = crop_images(self._data.originals(indices), self._plan.seed, int(step), slots, self._crop,
-                           self._image_size)
-    return {"image": _device_split(normalize(images, self._mean, self._std), self._num_devices),
-            "rows": rows}
+      images = crop_images(
+        self._data.originals(indices), self._plan.seed, int(step), slots, self._crop, self._image_size
+      )
+    return {"image": _device_split(normalize(images, self._mean, self._std), self._num_devices), "rows": rows}
 
 
 class _AddText:
@@ -307,16 +326,32 @@ class _AddText:
     return {"image": batch["image"], "text": _device_split(self._tokens[batch["rows"]], self._num_devices)}
 
 
-def _training_stages(data, *, global_batch_size, num_devices, image_size, context_length, seed,
-                     start_step, mean, std, process_index, process_count,
-                     tokenizer, crop_scale=None, crop_ratio=DEFAULT_CROP_RATIO) -> tuple[_MakeImages, _AddText]:
+def _training_stages(
+  data,
+  *,
+  global_batch_size,
+  num_devices,
+  image_size,
+  context_length,
+  seed,
+  start_step,
+  mean,
+  std,
+  process_index,
+  process_count,
+  tokenizer,
+  crop_scale=None,
+  crop_ratio=DEFAULT_CROP_RATIO,
+) -> tuple[_MakeImages, _AddText]:
   """Checks the arguments of the training iterators and builds their two stages."""
   data = examples_lib.as_examples(data)
   n = len(data)
   _check_batch("global_batch_size", global_batch_size, num_devices)
   if global_batch_size % (num_devices * process_count):
-    raise ConfigError(f"global_batch_size={global_batch_size} is not divisible by "
-                      f"num_devices * process_count={num_devices * process_count}")
+    raise ConfigError(
+      f"global_batch_size={global_batch_size} is not divisible by "
+      f"num_devices * process_count={num_devices * process_count}"
+    )
   if global_batch_size > n:
     raise ConfigError(f"global_batch_size={global_batch_size} exceeds the split's {n} examples")
   if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -332,12 +367,23 @@ def _training_stages(data, *, global_batch_size, num_devices, image_size, contex
   return (_MakeImages(data, plan, image_size, mean, std, num_devices, crop), _AddText(tokens, num_devices))
 
 
-def train_batches(data, *, global_batch_size: int, num_devices: int, image_size: int,
-                  context_length: int, seed: int, start_step: int = 0,
-                  mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
-                  process_index: int = 0, process_count: int = 1,
-                  tokenizer: text.Tokenizer | None = None, crop_scale: Sequence[float] | None = None,
-                  crop_ratio: Sequence[float] = DEFAULT_CROP_RATIO) -> Iterator[dict[str, np.ndarray]]:
+def train_batches(
+  data,
+  *,
+  global_batch_size: int,
+  num_devices: int,
+  image_size: int,
+  context_length: int,
+  seed: int,
+  start_step: int = 0,
+  mean: Sequence[float] = CLIP_MEAN,
+  std: Sequence[float] = CLIP_STD,
+  process_index: int = 0,
+  process_count: int = 1,
+  tokenizer: text.Tokenizer | None = None,
+  crop_scale: Sequence[float] | None = None,
+  crop_ratio: Sequence[float] = DEFAULT_CROP_RATIO,
+) -> Iterator[dict[str, np.ndarray]]:
   """Yields training batches forever, starting at step ``start_step``; see the module doc.
 
   The split's captions are encoded here, once (:meth:`examples.Examples.tokens`); a
@@ -365,10 +411,21 @@ def train_batches(data, *, global_batch_size: int, num_devices: int, image_size:
     ``{'image': float32 [D, B/(P*D), S, S, 3], 'text': int32 [D, B/(P*D), L]}``.
   """
   make_images, add_text = _training_stages(
-      data, global_batch_size=global_batch_size, num_devices=num_devices, image_size=image_size,
-      context_length=context_length, seed=seed, start_step=start_step, mean=mean, std=std,
-      process_index=process_index, process_count=process_count, tokenizer=tokenizer,
-      crop_scale=crop_scale, crop_ratio=crop_ratio)
+    data,
+    global_batch_size=global_batch_size,
+    num_devices=num_devices,
+    image_size=image_size,
+    context_length=context_length,
+    seed=seed,
+    start_step=start_step,
+    mean=mean,
+    std=std,
+    process_index=process_index,
+    process_count=process_count,
+    tokenizer=tokenizer,
+    crop_scale=crop_scale,
+    crop_ratio=crop_ratio,
+  )
   return _train_iterator(make_images, add_text, start_step)
 
 
@@ -388,17 +445,31 @@ def _allow_unparsed_absl_flags() -> None:
   every flag keeps its default, as it would have anyway.
   """
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 
 
-def grain_train_batches(data, *, global_batch_size: int, num_devices: int, image_size: int,
-                        context_length: int, seed: int, start_step: int = 0,
-                        mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
-                        process_index: int = 0, process_count: int = 1,
-                        tokenizer: text.Tokenizer | None = None, crop_scale: Sequence[float] | None = None,
-                        crop_ratio: Sequence[float] = DEFAULT_CROP_RATIO, num_workers: int = 0,
-                        num_threads: int = 1, buffer_size: int = 2) -> Iterator[dict[str, np.ndarray]]:
+def grain_train_batches(
+  data,
+  *,
+  global_batch_size: int,
+  num_devices: int,
+  image_size: int,
+  context_length: int,
+  seed: int,
+  start_step: int = 0,
+  mean: Sequence[float] = CLIP_MEAN,
+  std: Sequence[float] = CLIP_STD,
+  process_index: int = 0,
+  process_count: int = 1,
+  tokenizer: text.Tokenizer | None = None,
+  crop_scale: Sequence[float] | None = None,
+  crop_ratio: Sequence[float] = DEFAULT_CROP_RATIO,
+  num_workers: int = 0,
+  num_threads: int = 1,
+  buffer_size: int = 2,
+) -> Iterator[dict[str, np.ndarray]]:
   """Yields :func:`train_batches`' batches, made by grain worker processes.
 
   Batch ``s`` is the same array for array as :func:`train_batches` yields at step ``s``, for
@@ -432,12 +503,24 @@ def grain_train_batches(data, *, global_batch_size: int, num_devices: int, image
     raise ConfigError(f"num_threads={num_threads!r} must be a non-negative integer")
   _check_positive_int("buffer_size", buffer_size)
   make_images, add_text = _training_stages(
-      data, global_batch_size=global_batch_size, num_devices=num_devices, image_size=image_size,
-      context_length=context_length, seed=seed, start_step=start_step, mean=mean, std=std,
-      process_index=process_index, process_count=process_count, tokenizer=tokenizer,
-      crop_scale=crop_scale, crop_ratio=crop_ratio)
+    data,
+    global_batch_size=global_batch_size,
+    num_devices=num_devices,
+    image_size=image_size,
+    context_length=context_length,
+    seed=seed,
+    start_step=start_step,
+    mean=mean,
+    std=std,
+    process_index=process_index,
+    process_count=process_count,
+    tokenizer=tokenizer,
+    crop_scale=crop_scale,
+    crop_ratio=crop_ratio,
+  )
   # Imported here: grain pulls in JAX (about a second), and only this iterator needs it.
   import grain  # pylint: disable=g-import-not-at-top
+
   if num_workers:
     _allow_unparsed_absl_flags()
   # Element k of the range is step start_step + k; there is no last step.
@@ -445,8 +528,9 @@ def grain_train_batches(data, *, global_batch_size: int, num_devices: int, image
   # grain's defaults (16 threads, 500 elements ahead) suit small records, not whole batches.
   batches = steps.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=buffer_size))
   # Worker w makes steps w, w + W, ...; grain interleaves them back in step order.
-  batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
-                                                             per_worker_buffer_size=buffer_size))
+  batches = batches.mp_prefetch(
+    grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=buffer_size)
+  )
   return iter(batches.map(add_text))
 
 
@@ -471,9 +555,15 @@ def _pad(array: np.ndarray, size: int, fill) -> np.ndarray:
   return np.concatenate([array, pad])
 
 
-def eval_image_batches(data, *, batch_size: int, num_devices: int, image_size: int,
-                       mean: Sequence[float] = CLIP_MEAN,
-                       std: Sequence[float] = CLIP_STD) -> Iterator[dict[str, np.ndarray]]:
+def eval_image_batches(
+  data,
+  *,
+  batch_size: int,
+  num_devices: int,
+  image_size: int,
+  mean: Sequence[float] = CLIP_MEAN,
+  std: Sequence[float] = CLIP_STD,
+) -> Iterator[dict[str, np.ndarray]]:
   """Yields every image once, in index order, with its labels; see the module doc.
 
   Args:
@@ -494,17 +584,18 @@ def eval_image_batches(data, *, batch_size: int, num_devices: int, image_size: i
     indices = np.arange(start, min(start + batch_size, n), dtype=np.int32)
     images, _ = data.fetch(indices, image_size)
     batch = {
-        "image": _pad(normalize(images, mean, std), batch_size, 0.0),
-        "mask": _pad(np.ones(len(indices), dtype=bool), batch_size, False),
-        "index": _pad(indices, batch_size, -1),
+      "image": _pad(normalize(images, mean, std), batch_size, 0.0),
+      "mask": _pad(np.ones(len(indices), dtype=bool), batch_size, False),
+      "index": _pad(indices, batch_size, -1),
     }
     for key, values in labels.items():
       batch[key] = _pad(values[indices], batch_size, -1)
     yield {k: _device_split(v, num_devices) for k, v in batch.items()}
 
 
-def eval_text_batches(data, *, batch_size: int, num_devices: int, context_length: int,
-                      tokenizer: text.Tokenizer | None = None) -> Iterator[dict[str, np.ndarray]]:
+def eval_text_batches(
+  data, *, batch_size: int, num_devices: int, context_length: int, tokenizer: text.Tokenizer | None = None
+) -> Iterator[dict[str, np.ndarray]]:
   """Yields every caption once, image-major, with the index of its image; see the module doc.
 
   ``tokenizer`` encodes the captions (None is the byte tokenizer), through the split's
@@ -522,11 +613,11 @@ def eval_text_batches(data, *, batch_size: int, num_devices: int, context_length
   for start in range(0, len(tokens), batch_size):
     stop = min(start + batch_size, len(tokens))
     batch = {
-        # A copy: the cached tokens are read-only and shared, a batch is the caller's own.
-        "text": _pad(np.array(tokens[start:stop]), batch_size, 0),
-        "mask": _pad(np.ones(stop - start, dtype=bool), batch_size, False),
-        "image_index": _pad(np.array(image_index[start:stop]), batch_size, -1),
-        "caption_index": _pad(np.arange(start, stop, dtype=np.int32), batch_size, -1),
+      # A copy: the cached tokens are read-only and shared, a batch is the caller's own.
+      "text": _pad(np.array(tokens[start:stop]), batch_size, 0),
+      "mask": _pad(np.ones(stop - start, dtype=bool), batch_size, False),
+      "image_index": _pad(np.array(image_index[start:stop]), batch_size, -1),
+      "caption_index": _pad(np.arange(start, stop, dtype=np.int32), batch_size, -1),
     }
     yield {k: _device_split(v, num_devices) for k, v in batch.items()}
 
@@ -537,7 +628,6 @@ _DONE = object()
 
 
 class _Failure:
-
   def __init__(self, error: BaseException):
     self.error = error
 

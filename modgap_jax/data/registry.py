@@ -20,24 +20,17 @@ import re
 import tensorflow_datasets as tfds
 
 from modgap_jax.data import paths
-from modgap_jax.data.builders import coco
-from modgap_jax.data.builders import coco_raw
-from modgap_jax.data.builders import digits
-from modgap_jax.data.builders import fashion_mnist
-from modgap_jax.data.builders import files
-from modgap_jax.data.builders import image_text_folder
-from modgap_jax.data.builders import twemoji
-from modgap_jax.errors import ConfigError
-from modgap_jax.errors import check_choice
+from modgap_jax.data.builders import coco, coco_raw, digits, fashion_mnist, files, image_text_folder, twemoji
+from modgap_jax.errors import ConfigError, check_choice
 
 # Builders defined here, registered with TFDS when this module is imported.
 BUILDERS = {
-    "twemoji_captions": twemoji.TwemojiCaptions,
-    "digits_captions": digits.DigitsCaptions,
-    "mnist5k_captions": digits.Mnist5kCaptions,
-    "fashion_mnist_local": fashion_mnist.FashionMnistLocal,
-    coco_raw.NAME: coco_raw.CocoRaw,
-    image_text_folder.NAME: image_text_folder.ImageTextFolder,
+  "twemoji_captions": twemoji.TwemojiCaptions,
+  "digits_captions": digits.DigitsCaptions,
+  "mnist5k_captions": digits.Mnist5kCaptions,
+  "fashion_mnist_local": fashion_mnist.FashionMnistLocal,
+  coco_raw.NAME: coco_raw.CocoRaw,
+  image_text_folder.NAME: image_text_folder.ImageTextFolder,
 }
 # Built from the user's files under ``path``, one build per (path, options).
 FILE_DATASETS = (coco_raw.NAME, image_text_folder.NAME)
@@ -50,14 +43,14 @@ SPLITS[image_text_folder.NAME] = image_text_folder.SPLITS  # those the lines nam
 
 # The integer labels each dataset carries, for zero-shot and linear-probe evaluation.
 LABEL_KEYS = {
-    "twemoji_captions": ("subcategory", "category"),
-    "digits_captions": ("label",),
-    "mnist5k_captions": ("label",),
-    "fashion_mnist_local": ("label",),
-    coco.NAME: (),
-    coco_raw.NAME: (),
-    # Present only when captions.jsonl has labels; see source_label_keys.
-    image_text_folder.NAME: (image_text_folder.LABEL_KEY,),
+  "twemoji_captions": ("subcategory", "category"),
+  "digits_captions": ("label",),
+  "mnist5k_captions": ("label",),
+  "fashion_mnist_local": ("label",),
+  coco.NAME: (),
+  coco_raw.NAME: (),
+  # Present only when captions.jsonl has labels; see source_label_keys.
+  image_text_folder.NAME: (image_text_folder.LABEL_KEY,),
 }
 
 _FILE_FIELDS = tuple(f.name for f in dataclasses.fields(files.FileOptions))
@@ -104,17 +97,23 @@ def _file_kwargs(name: str, path, file_kwargs: dict) -> dict:
   if name not in FILE_DATASETS:
     given = [k for k, v in {"path": path, **file_kwargs}.items() if v not in (None, "")]
     if given:
-      raise ConfigError(f"dataset.{given[0]} is only used by dataset={' or '.join(map(repr, FILE_DATASETS))}, "
-                        f"not {name!r}")
+      raise ConfigError(
+        f"dataset.{given[0]} is only used by dataset={' or '.join(map(repr, FILE_DATASETS))}, not {name!r}"
+      )
     return {}
   num_threads = file_kwargs.pop("num_threads", None)
   options = files.FileOptions(path=os.fspath(path or ""), **{k: v for k, v in file_kwargs.items() if v is not None})
   return {"config": BUILDERS[name].make_config(options), "num_threads": num_threads}
 
 
-def builder(name: str, data_dir: str | os.PathLike | None = None, *,
-            source_dir: str | os.PathLike | None = None, path: str | os.PathLike | None = None,
-            **file_kwargs) -> tfds.core.DatasetBuilder:
+def builder(
+  name: str,
+  data_dir: str | os.PathLike | None = None,
+  *,
+  source_dir: str | os.PathLike | None = None,
+  path: str | os.PathLike | None = None,
+  **file_kwargs,
+) -> tfds.core.DatasetBuilder:
   """Returns the (possibly unprepared) builder of a local dataset.
 
   Args:
@@ -137,9 +136,14 @@ def builder(name: str, data_dir: str | os.PathLike | None = None, *,
   return BUILDERS[name](**kwargs)
 
 
-def prepare(name: str, data_dir: str | os.PathLike | None = None, *,
-            source_dir: str | os.PathLike | None = None, path: str | os.PathLike | None = None,
-            **file_kwargs) -> tfds.core.DatasetBuilder:
+def prepare(
+  name: str,
+  data_dir: str | os.PathLike | None = None,
+  *,
+  source_dir: str | os.PathLike | None = None,
+  path: str | os.PathLike | None = None,
+  **file_kwargs,
+) -> tfds.core.DatasetBuilder:
   """Builds dataset ``name`` into ``data_dir`` unless it is there already; returns the builder."""
   dataset_builder = builder(name, data_dir, source_dir=source_dir, path=path, **file_kwargs)
   if not dataset_builder.is_prepared():
@@ -156,15 +160,25 @@ def _check_built_split(name: str, split: str, dataset_builder) -> None:
   for part in str(split).split("+"):
     base = re.sub(r"\[.*\]$", "", part.strip())
     if base not in have:
-      hint = {coco_raw.NAME: "; 'test' and 'restval' need Karpathy's dataset_coco.json (dataset.karpathy_split)",
-              image_text_folder.NAME: "; set 'split' on the lines of captions.jsonl, or raise dataset.test_fraction"}
-      raise ConfigError(f"split={base!r} of dataset={name!r} is empty for dataset.path="
-                        f"{dataset_builder.builder_config.options.path!r}; it has {', '.join(map(repr, have))}"
-                        + hint[name])
+      hint = {
+        coco_raw.NAME: "; 'test' and 'restval' need Karpathy's dataset_coco.json (dataset.karpathy_split)",
+        image_text_folder.NAME: "; set 'split' on the lines of captions.jsonl, or raise dataset.test_fraction",
+      }
+      raise ConfigError(
+        f"split={base!r} of dataset={name!r} is empty for dataset.path="
+        f"{dataset_builder.builder_config.options.path!r}; it has {', '.join(map(repr, have))}" + hint[name]
+      )
 
 
-def load(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
-         source_dir: str | os.PathLike | None = None, path: str | os.PathLike | None = None, **file_kwargs):
+def load(
+  name: str,
+  split: str,
+  data_dir: str | os.PathLike | None = None,
+  *,
+  source_dir: str | os.PathLike | None = None,
+  path: str | os.PathLike | None = None,
+  **file_kwargs,
+):
   """Returns a random-access data source for ``name``/``split``, building it if needed.
 
   Args:

@@ -51,6 +51,7 @@ class ResidentSplit:
       slots.
     num_captions: int32 [N], each ≥ 1.
   """
+
   images: jax.Array
   tokens: jax.Array
   num_captions: jax.Array
@@ -73,6 +74,7 @@ class Augment:
   Colour is left alone on purpose: in emoji data colour is content ("red heart", skin tones),
   so jittering it would change what the caption says.
   """
+
   min_scale: float = 1.0
 
   def __post_init__(self):
@@ -86,6 +88,7 @@ class Augment:
 @dataclasses.dataclass(frozen=True)
 class Sampling:
   """What fixes a run's batches: the split size, the global batch and the normalisation."""
+
   num_examples: int
   global_batch_size: int
   mean: tuple[float, float, float]
@@ -94,8 +97,9 @@ class Sampling:
 
   def __post_init__(self):
     if not 0 < self.global_batch_size <= self.num_examples:
-      raise ConfigError(f"batch_size={self.global_batch_size} must lie in [1, {self.num_examples}], "
-                        "the number of training examples")
+      raise ConfigError(
+        f"batch_size={self.global_batch_size} must lie in [1, {self.num_examples}], the number of training examples"
+      )
 
   @property
   def steps_per_epoch(self) -> int:
@@ -123,8 +127,9 @@ def mismatch_pairs(seed: int, num_examples: int, fraction: float) -> np.ndarray:
   return source
 
 
-def tokenize_captions(captions: Sequence[Sequence[str]], tokenizer, context_length: int) -> tuple[np.ndarray,
-                                                                                                   np.ndarray]:
+def tokenize_captions(
+  captions: Sequence[Sequence[str]], tokenizer, context_length: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Every caption encoded once: (int32 [N, K, L] padded with 0, int32 [N] caption counts)."""
   counts = np.array([len(c) for c in captions], dtype=np.int32)
   if counts.min(initial=1) < 1:
@@ -137,8 +142,9 @@ def tokenize_captions(captions: Sequence[Sequence[str]], tokenizer, context_leng
   return tokens, counts
 
 
-def make_resident_split(examples, tokenizer, *, image_size: int, context_length: int, seed: int = 0,
-                        mismatch_fraction: float = 0.0) -> ResidentSplit:
+def make_resident_split(
+  examples, tokenizer, *, image_size: int, context_length: int, seed: int = 0, mismatch_fraction: float = 0.0
+) -> ResidentSplit:
   """Host arrays of a whole split (``flax.jax_utils.replicate`` puts them on every device).
 
   Args:
@@ -181,12 +187,14 @@ def crop_and_resize(image: jax.Array, crop: jax.Array, corner: jax.Array) -> jax
   """
   zoom = 1.0 / crop
   # scale_and_translate reads input (o + 1/2 − t) / zoom − 1/2, so t = −corner · zoom.
-  return jax.image.scale_and_translate(image, image.shape, (0, 1), jnp.stack([zoom, zoom]), -corner * zoom,
-                                       method="linear", antialias=False)
+  return jax.image.scale_and_translate(
+    image, image.shape, (0, 1), jnp.stack([zoom, zoom]), -corner * zoom, method="linear", antialias=False
+  )
 
 
-def device_batch(split: ResidentSplit, key: jax.Array, step: jax.Array, sampling: Sampling, *,
-                 axis_name: str | None = None) -> dict[str, jax.Array]:
+def device_batch(
+  split: ResidentSplit, key: jax.Array, step: jax.Array, sampling: Sampling, *, axis_name: str | None = None
+) -> dict[str, jax.Array]:
   """This device's share of global batch ``step``: float32 images and int32 tokens.
 
   Call it inside the jitted (and, with ``axis_name``, pmapped) step. Returns

@@ -37,7 +37,7 @@ def linear_fit(x, y) -> dict:
     return {"slope": float("nan"), "intercept": float("nan"), "r2": float("nan")}
   slope, intercept = np.polyfit(x, y, 1)
   residual = y - (slope * x + intercept)
-  total = np.sum((y - y.mean())**2)
+  total = np.sum((y - y.mean()) ** 2)
   r2 = 1.0 - np.sum(residual**2) / total if total > 0 else 1.0
   return {"slope": float(slope), "intercept": float(intercept), "r2": float(r2)}
 
@@ -86,24 +86,24 @@ def theorem32(t, beta, gamma, rate: float, t_lo: float = 1e4, t_hi: float = 1e6)
     fit = linear_fit(np.log(tw), bw)
     out["r2"].append(fit["r2"])
     out["slope"].append(fit["slope"])
-    out["log2t"].append(_ratio(gw * np.log(tw)**2))
+    out["log2t"].append(_ratio(gw * np.log(tw) ** 2))
     out["beta2"].append(_ratio(gw * bw**2))
-    out["conserved"].append(_ratio(gw * np.exp(-0.5 * gw**2) * bw**(2.0 / rate)))
+    out["conserved"].append(_ratio(gw * np.exp(-0.5 * gw**2) * bw ** (2.0 / rate)))
     out["exponent"].append(linear_fit(np.log(np.log(tw)), np.log(np.abs(gw)))["slope"])
     # γ ∝ β^{−2/c} and β = a log t + b give d log γ / d log log t = −(2/c) a log t / β.
     log_t = np.log(tw)
     beta_fit = fit["slope"] * log_t + fit["intercept"]
     out["predicted"].append(float(np.mean(-2.0 / rate * fit["slope"] * log_t / beta_fit)))
   return {
-      "window": [t_lo, t_hi],
-      "beta_vs_log_t_r2": float(np.min(out["r2"])),
-      "beta_vs_log_t_slope": float(np.mean(out["slope"])),
-      "gamma_log2t_factor": float(np.max(out["log2t"])),
-      "gamma_beta2_factor": float(np.max(out["beta2"])),
-      "conserved_factor": float(np.max(out["conserved"])),
-      "log_log_exponent": float(np.mean(out["exponent"])),
-      "log_log_exponent_range": [float(np.min(out["exponent"])), float(np.max(out["exponent"]))],
-      "log_log_exponent_predicted_from_beta_fit": float(np.mean(out["predicted"])),
+    "window": [t_lo, t_hi],
+    "beta_vs_log_t_r2": float(np.min(out["r2"])),
+    "beta_vs_log_t_slope": float(np.mean(out["slope"])),
+    "gamma_log2t_factor": float(np.max(out["log2t"])),
+    "gamma_beta2_factor": float(np.max(out["beta2"])),
+    "conserved_factor": float(np.max(out["conserved"])),
+    "log_log_exponent": float(np.mean(out["exponent"])),
+    "log_log_exponent_range": [float(np.min(out["exponent"])), float(np.max(out["exponent"]))],
+    "log_log_exponent_predicted_from_beta_fit": float(np.mean(out["predicted"])),
   }
 
 
@@ -148,8 +148,12 @@ def exponential_decay(t, gamma, t_lo: float, t_hi: float) -> dict:
     rates.append(-fit["slope"])
     r2.append(fit["r2"])
     r2_power.append(linear_fit(np.log(tr[m]), np.log(np.abs(gr[m])))["r2"])
-  return {"window": [t_lo, t_hi], "rate": float(np.mean(rates)), "r2": float(np.min(r2)),
-          "power_law_r2": float(np.mean(r2_power))}
+  return {
+    "window": [t_lo, t_hi],
+    "rate": float(np.mean(rates)),
+    "r2": float(np.min(r2)),
+    "power_law_r2": float(np.mean(r2_power)),
+  }
 
 
 def gap_rise(t, gap, t_early: float) -> dict:
@@ -161,9 +165,16 @@ def gap_rise(t, gap, t_early: float) -> dict:
   t, gap = _rows(t), _rows(gap)
   k = int(np.argmax(t[0] >= t_early))
   rise = gap[:, k] - gap[:, 0]
-  return {"t_early": float(t[0, k]), "share_rising": float(np.mean(rise > 0)),
-          "rising": int(np.sum(rise > 0)), "trials": int(rise.size), "mean_rise": float(rise.mean()),
-          "min_rise": float(rise.min()), "max_rise": float(rise.max()), "rises": rise.tolist()}
+  return {
+    "t_early": float(t[0, k]),
+    "share_rising": float(np.mean(rise > 0)),
+    "rising": int(np.sum(rise > 0)),
+    "trials": int(rise.size),
+    "mean_rise": float(rise.mean()),
+    "min_rise": float(rise.min()),
+    "max_rise": float(rise.max()),
+    "rises": rise.tolist(),
+  }
 
 
 def capped_regime(t, beta, gamma, beta_cap: float, t_lo: float, t_hi: float) -> dict:
@@ -182,10 +193,17 @@ def capped_regime(t, beta, gamma, beta_cap: float, t_lo: float, t_hi: float) -> 
   mask = (t >= lo) & (t <= t_hi)
   decay = exponential_decay(t, gamma, lo, t_hi)
   at_cap = np.abs(beta[mask] - beta_cap) <= 1e-6 * beta_cap
-  return {"window": [lo, t_hi], "beta_cap": beta_cap, "reached_cap": True, "first_time_at_cap": float(max(first)),
-          "share_at_cap_after": float(np.mean(at_cap)), "max_beta": float(np.max(beta)),
-          "gamma_rate": decay["rate"], "gamma_rate_r2": decay["r2"],
-          "gamma_factor": float(np.max([_ratio(gr[m & _resolved(gr)]) for gr, m in zip(gamma, mask)]))}
+  return {
+    "window": [lo, t_hi],
+    "beta_cap": beta_cap,
+    "reached_cap": True,
+    "first_time_at_cap": float(max(first)),
+    "share_at_cap_after": float(np.mean(at_cap)),
+    "max_beta": float(np.max(beta)),
+    "gamma_rate": decay["rate"],
+    "gamma_rate_r2": decay["r2"],
+    "gamma_factor": float(np.max([_ratio(gr[m & _resolved(gr)]) for gr, m in zip(gamma, mask)])),
+  }
 
 
 def softplus_rate(t, beta, gamma, rate: float, t_lo: float, t_hi: float) -> dict:
@@ -209,11 +227,15 @@ def softplus_rate(t, beta, gamma, rate: float, t_lo: float, t_hi: float) -> dict
     power.append(linear_fit(np.log(tw), np.log(gw))["slope"])
     logs.append(float(np.log10(gw[-1])))
     beta_fits.append(linear_fit(np.log(tr[_window(tr, t_lo, t_hi)]), br[_window(tr, t_lo, t_hi)]))
-  return {"window": [t_lo, t_hi], "t_log_t_gamma_factor": float(np.max(tlt)),
-          "log_gamma_plus_beta2_over_c_spread": float(np.max(spread)),
-          "power_of_t": float(np.mean(power)), "log10_gamma_at_window_end": float(np.mean(logs)),
-          "beta_vs_log_t_r2": float(np.min([f["r2"] for f in beta_fits])),
-          "beta_vs_log_t_slope": float(np.mean([f["slope"] for f in beta_fits]))}
+  return {
+    "window": [t_lo, t_hi],
+    "t_log_t_gamma_factor": float(np.max(tlt)),
+    "log_gamma_plus_beta2_over_c_spread": float(np.max(spread)),
+    "power_of_t": float(np.mean(power)),
+    "log10_gamma_at_window_end": float(np.mean(logs)),
+    "beta_vs_log_t_r2": float(np.min([f["r2"] for f in beta_fits])),
+    "beta_vs_log_t_slope": float(np.mean([f["slope"] for f in beta_fits])),
+  }
 
 
 # A quantity is "bounded" over the window when it moves less than these (see the verdict).
@@ -221,8 +243,9 @@ LOG_GAMMA_PLUS_BETA2_SPREAD_TOL = 1e-3  # e^{−β²/c}: log γ + β²/c is cons
 T_LOG_T_FACTOR_TOL = 10.0  # Θ(1/(t log t)): γ·t·log t stays within a constant factor
 
 
-def softplus_rate_verdict(rate: dict, spread_tol: float = LOG_GAMMA_PLUS_BETA2_SPREAD_TOL,
-                          factor_tol: float = T_LOG_T_FACTOR_TOL) -> dict:
+def softplus_rate_verdict(
+  rate: dict, spread_tol: float = LOG_GAMMA_PLUS_BETA2_SPREAD_TOL, factor_tol: float = T_LOG_T_FACTOR_TOL
+) -> dict:
   """Which softplus law the numbers of :func:`softplus_rate` support, against stated thresholds.
 
   ``e^{-beta^2/c}`` is supported when the spread of log γ + β²/c is at most ``spread_tol``;
@@ -231,12 +254,22 @@ def softplus_rate_verdict(rate: dict, spread_tol: float = LOG_GAMMA_PLUS_BETA2_S
   """
   spread = float(rate["log_gamma_plus_beta2_over_c_spread"])
   factor = float(rate["t_log_t_gamma_factor"])
-  supports = [law for law, ok in (("e^{-beta^2/c}", spread <= spread_tol), ("1/(t log t)", factor <= factor_tol))
-              if ok]
+  supports = [law for law, ok in (("e^{-beta^2/c}", spread <= spread_tol), ("1/(t log t)", factor <= factor_tol)) if ok]
   lo, hi = rate["window"]
-  measured = (f"over t in [{lo:g}, {hi:g}], log γ + β²/c spreads by {spread:.3g} (threshold {spread_tol:g}) and "
-              f"γ·t·log t changes by a factor {factor:.3g} (threshold {factor_tol:g})")
-  statement = (f"{measured}: the simulator supports " + " and ".join(f"γ ∝ {law}" for law in supports) if supports
-               else f"{measured}: the simulator supports neither law")
-  return {"supports": supports, "spread": spread, "spread_tol": spread_tol, "t_log_t_factor": factor,
-          "factor_tol": factor_tol, "statement": statement}
+  measured = (
+    f"over t in [{lo:g}, {hi:g}], log γ + β²/c spreads by {spread:.3g} (threshold {spread_tol:g}) and "
+    f"γ·t·log t changes by a factor {factor:.3g} (threshold {factor_tol:g})"
+  )
+  statement = (
+    f"{measured}: the simulator supports " + " and ".join(f"γ ∝ {law}" for law in supports)
+    if supports
+    else f"{measured}: the simulator supports neither law"
+  )
+  return {
+    "supports": supports,
+    "spread": spread,
+    "spread_tol": spread_tol,
+    "t_log_t_factor": factor,
+    "factor_tol": factor_tol,
+    "statement": statement,
+  }

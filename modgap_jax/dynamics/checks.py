@@ -25,10 +25,17 @@ def _story(records: dict) -> dict:
   done = np.flatnonzero(matched >= 1.0)
   # The first time after which every pair stays matched.
   stays = [k for k in done if np.all(matched[k:] >= 1.0)]
-  return {"gap_initial": float(gap[0]), "gap_peak": float(np.nanmax(gap)), "t_gap_peak": float(t[np.nanargmax(gap)]),
-          "tau_initial": float(tau[0]), "tau_peak": float(np.nanmax(tau)), "t_tau_peak": float(t[np.nanargmax(tau)]),
-          "t_all_matched": float(t[stays[0]]) if stays else None, "gap_final": float(gap[-1]),
-          "tau_final": float(tau[-1])}
+  return {
+    "gap_initial": float(gap[0]),
+    "gap_peak": float(np.nanmax(gap)),
+    "t_gap_peak": float(t[np.nanargmax(gap)]),
+    "tau_initial": float(tau[0]),
+    "tau_peak": float(np.nanmax(tau)),
+    "t_tau_peak": float(t[np.nanargmax(tau)]),
+    "t_all_matched": float(t[stays[0]]) if stays else None,
+    "gap_final": float(gap[-1]),
+    "tau_final": float(tau[-1]),
+  }
 
 
 def check_run(config: ConfigDict, spec: FlowSpec, records: dict, gap_rate0: np.ndarray) -> dict:
@@ -36,18 +43,16 @@ def check_run(config: ConfigDict, spec: FlowSpec, records: dict, gap_rate0: np.n
   t = records["t"][0]
   cfg = config.analysis
   out = {
-      "initial_gap_mean": float(np.mean(records["gap"][:, 0])),
-      "final_gap_mean": float(np.nanmean(records["gap"][:, -1])),
-      "max_gap_mean": float(np.mean(np.nanmax(records["gap"], axis=1))),
-      "final_tau_mean": float(np.nanmean(records["tau"][:, -1])),
-      "final_matched_frac_mean": float(np.nanmean(records["matched_frac"][:, -1])),
-      "trajectories_with_nan": int(np.sum(~np.isfinite(records["gap"]).all(axis=1))),
-      # Theorem 3.3 literally: the sign of dΔ/dt at t = 0.
-      "initial_gap_velocity": {"share_positive": float(np.mean(gap_rate0 > 0)),
-                               "mean": float(np.mean(gap_rate0))},
-      "first_trajectory": _story(records),
-      "gap_rise": {k: v for k, v in analysis.gap_rise(records["t"], records["gap"], cfg.t_early).items()
-                   if k != "rises"},
+    "initial_gap_mean": float(np.mean(records["gap"][:, 0])),
+    "final_gap_mean": float(np.nanmean(records["gap"][:, -1])),
+    "max_gap_mean": float(np.mean(np.nanmax(records["gap"], axis=1))),
+    "final_tau_mean": float(np.nanmean(records["tau"][:, -1])),
+    "final_matched_frac_mean": float(np.nanmean(records["matched_frac"][:, -1])),
+    "trajectories_with_nan": int(np.sum(~np.isfinite(records["gap"]).all(axis=1))),
+    # Theorem 3.3 literally: the sign of dΔ/dt at t = 0.
+    "initial_gap_velocity": {"share_positive": float(np.mean(gap_rate0 > 0)), "mean": float(np.mean(gap_rate0))},
+    "first_trajectory": _story(records),
+    "gap_rise": {k: v for k, v in analysis.gap_rise(records["t"], records["gap"], cfg.t_early).items() if k != "rises"},
   }
   if spec.has_gamma and spec.learns_temperature:
     if spec.mode == "capped":
@@ -68,9 +73,11 @@ def check_run(config: ConfigDict, spec: FlowSpec, records: dict, gap_rate0: np.n
       out["softplus_rate"] = analysis.softplus_rate(records["t"], beta, gamma, spec.rate, *cfg.window)
   edges = [e for e in cfg.exponent_edges if t[1] <= e <= t[-1]]
   if spec.mode in ("learned", "capped") and len(edges) >= 2:
-    out["local_exponents"] = {"edges": edges,
-                              "dlog_gamma_dloglog_t": analysis.local_exponents(records["t"], gamma, edges),
-                              "dlog_gamma_dlog_t": analysis.local_power_of_t(records["t"], gamma, edges)}
+    out["local_exponents"] = {
+      "edges": edges,
+      "dlog_gamma_dloglog_t": analysis.local_exponents(records["t"], gamma, edges),
+      "dlog_gamma_dlog_t": analysis.local_power_of_t(records["t"], gamma, edges),
+    }
   if spec.mode == "fixed" and _window_ok(t, cfg.decay_window):
     out["exponential_decay"] = analysis.exponential_decay(records["t"], gamma, *cfg.decay_window)
   if spec.mode == "capped" and _window_ok(t, cfg.window):
@@ -110,18 +117,24 @@ def findings(runs: list[dict]) -> dict:
   learned = [r for r in runs if r["spec"].mode == "learned" and "local_exponents" in r["checks"]]
   if len(learned) > 1:
     out["local_exponents_by_run"] = {
-        r["name"]: {"edges": r["checks"]["local_exponents"]["edges"],
-                    "measured": r["checks"]["local_exponents"]["dlog_gamma_dloglog_t"],
-                    "asymptotic_prediction": _asymptotic_exponent(r["spec"])} for r in learned}
+      r["name"]: {
+        "edges": r["checks"]["local_exponents"]["edges"],
+        "measured": r["checks"]["local_exponents"]["dlog_gamma_dloglog_t"],
+        "asymptotic_prediction": _asymptotic_exponent(r["spec"]),
+      }
+      for r in learned
+    }
   exp_run = _first(learned, mode="learned", reparam="exp")
   soft_run = _first([r for r in runs if r["spec"].mode == "learned"], reparam="softplus")
   if exp_run and soft_run and "local_exponents" in soft_run["checks"]:
     e = exp_run["checks"]["local_exponents"]["dlog_gamma_dloglog_t"]
     s = soft_run["checks"]["local_exponents"]["dlog_gamma_dloglog_t"]
     out["softplus_vs_exp_local_exponents"] = {
-        "edges": exp_run["checks"]["local_exponents"]["edges"], "exp": e, "softplus": s,
-        "softplus_more_negative_everywhere": bool(all(a < b for a, b in zip(s, e))),
-        "softplus_exponent_keeps_decreasing": bool(all(b < a for a, b in zip(s[:-1], s[1:]))),
+      "edges": exp_run["checks"]["local_exponents"]["edges"],
+      "exp": e,
+      "softplus": s,
+      "softplus_more_negative_everywhere": bool(all(a < b for a, b in zip(s, e))),
+      "softplus_exponent_keeps_decreasing": bool(all(b < a for a, b in zip(s[:-1], s[1:]))),
     }
   if soft_run and "softplus_rate" in soft_run["checks"]:
     out["softplus_rate_verdict"] = analysis.softplus_rate_verdict(soft_run["checks"]["softplus_rate"])

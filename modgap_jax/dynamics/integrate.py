@@ -46,8 +46,7 @@ def _softplus_antiderivative(b: jax.Array) -> jax.Array:
   it against ``scipy.integrate.quad``.
   """
   one_minus_q = -jnp.expm1(-b)
-  return (0.5 * b**2 - b / jnp.expm1(b) + (1.0 + b) * jnp.log(one_minus_q)
-          - jax.scipy.special.spence(one_minus_q))
+  return 0.5 * b**2 - b / jnp.expm1(b) + (1.0 + b) * jnp.log(one_minus_q) - jax.scipy.special.spence(one_minus_q)
 
 
 def temperature_integral(reparam: Reparam, rate: float, beta: jax.Array) -> jax.Array:
@@ -102,14 +101,14 @@ def record(spec: models.FlowSpec, state: dict, t: jax.Array, data: dict) -> dict
   else:
     inv = nan
   return {
-      "gap": models.gap(image, text),
-      "gamma": gamma,
-      "nu": nu,
-      "beta": beta,
-      "tau": 1.0 / beta,
-      "loss": losses.clip_loss(image, text, beta),
-      "matched_frac": models.matched_fraction(image, text).astype(beta.dtype),
-      "invariant": inv,
+    "gap": models.gap(image, text),
+    "gamma": gamma,
+    "nu": nu,
+    "beta": beta,
+    "tau": 1.0 / beta,
+    "loss": losses.clip_loss(image, text, beta),
+    "matched_frac": models.matched_fraction(image, text).astype(beta.dtype),
+    "invariant": inv,
   }
 
 
@@ -158,8 +157,16 @@ def initial_gap_velocity(spec: models.FlowSpec, state0: dict, data: dict) -> np.
     return np.asarray(jax.device_get(_gap_velocities(spec, state0, data)), np.float64)
 
 
-def simulate(spec: models.FlowSpec, state0: dict, data: dict, t: np.ndarray, *, rtol: float = 1e-10,
-             atol: float = 1e-12, mxstep: float = np.inf) -> tuple[dict, dict]:
+def simulate(
+  spec: models.FlowSpec,
+  state0: dict,
+  data: dict,
+  t: np.ndarray,
+  *,
+  rtol: float = 1e-10,
+  atol: float = 1e-12,
+  mxstep: float = np.inf,
+) -> tuple[dict, dict]:
   """Integrates a batch of flows in one jitted, vmapped odeint call, in float64.
 
   Args:
@@ -179,8 +186,10 @@ def simulate(spec: models.FlowSpec, state0: dict, data: dict, t: np.ndarray, *, 
     [B, T]; ``states`` is the state pytree with leaves [B, T, ...].
   """
   if not np.isinf(mxstep):
-    raise ConfigError(f"solver.mxstep={mxstep!r} must be inf: odeint would silently extrapolate an output "
-                      "interval it cannot finish in mxstep steps")
+    raise ConfigError(
+      f"solver.mxstep={mxstep!r} must be inf: odeint would silently extrapolate an output "
+      "interval it cannot finish in mxstep steps"
+    )
   with jax.enable_x64(True):
     state0, data = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), (state0, data))
     times = jnp.asarray(t, jnp.float64)

@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 
 from modgap_jax import losses, numerics
-from modgap_jax.errors import ConfigError, check_choice, check_range
 from modgap_jax import temperature as temperature_lib
+from modgap_jax.errors import ConfigError, check_choice, check_range
 from modgap_jax.temperature import Reparam
 
 MODELS = ("reduced", "parallel", "free")
@@ -64,6 +64,7 @@ class FlowSpec:
     reduced_rhs: ``closed_form`` (MATH.md §3.2's ℓ'(κ)) or ``autodiff`` (−∇ of clip_loss on the
       parallel features); reduced model only.
   """
+
   model: str = "reduced"
   reparam: Reparam = Reparam()
   mode: str = "learned"
@@ -183,7 +184,7 @@ def gap(image: jax.Array, text: jax.Array) -> jax.Array:
   # Scaled by the largest entry so that a gap of 1e-200 does not square to underflow.
   scale = jnp.max(jnp.abs(diff))
   safe = jnp.where(scale > 0, scale, 1.0)
-  return scale * jnp.sqrt(jnp.sum((diff / safe)**2))
+  return scale * jnp.sqrt(jnp.sum((diff / safe) ** 2))
 
 
 def matched_fraction(image: jax.Array, text: jax.Array) -> jax.Array:
@@ -280,8 +281,7 @@ def _offset_gap(points: jax.Array, partners: jax.Array, shift: jax.Array) -> jax
   return gap(normalize(points + shift * axis), normalize(partners - shift * axis))
 
 
-def offset_for_gap(points: jax.Array, partners: jax.Array, target_gap: float,
-                   iterations: int = 100) -> jax.Array:
+def offset_for_gap(points: jax.Array, partners: jax.Array, target_gap: float, iterations: int = 100) -> jax.Array:
   """The shift a ≥ 0 with Δ(normalise(p + a e), normalise(q − a e)) = target_gap.
 
   Δ runs from Δ(0) up to 2 as a → ∞. Bisection works on s = a/(1+a) ∈ [0, 1), so one
@@ -319,6 +319,7 @@ class InitSpec:
       always the trajectory's first ``gap``.
     tau0: the initial temperature; ν₀ = ν(1/τ₀). Ignored in ``scheduled`` mode (τ(0) rules).
   """
+
   n: int = 8
   d: int = 8
   kind: str = "matched"
@@ -346,8 +347,9 @@ def initial_state(spec: FlowSpec, init: InitSpec, key: jax.Array) -> tuple[dict,
   key_points, key_partners = jax.random.split(key)
   tau0 = spec.tau_start if spec.mode == "scheduled" else init.tau0
   if spec.mode == "capped" and 1.0 / tau0 > spec.beta_cap:
-    raise ConfigError(f"init.tau0={tau0} gives β above temperature.beta_cap={spec.beta_cap}; "
-                      f"choose tau0 >= {1.0 / spec.beta_cap}")
+    raise ConfigError(
+      f"init.tau0={tau0} gives β above temperature.beta_cap={spec.beta_cap}; choose tau0 >= {1.0 / spec.beta_cap}"
+    )
   nu0 = jnp.asarray(spec.reparam.nu_from_tau(jnp.float64(tau0)), jnp.float64)
   gamma0 = jnp.float64(init.gamma0)
   if spec.model in ("reduced", "parallel"):

@@ -12,7 +12,17 @@ from modgap_jax.models.text import TextTransformer, Transformer
 from modgap_jax.models.vit import VisionTransformer
 
 __all__ = [
-    'AttentionPool2d', 'Bottleneck', 'CLIP', 'ModifiedResNet', 'Temperature', 'TextTransformer',
-    'Transformer', 'VisionTransformer', 'create_model', 'default_model_config', 'feature_map_size',
-    'l2_normalize', 'rn50_config',
+  'AttentionPool2d',
+  'Bottleneck',
+  'CLIP',
+  'ModifiedResNet',
+  'Temperature',
+  'TextTransformer',
+  'Transformer',
+  'VisionTransformer',
+  'create_model',
+  'default_model_config',
+  'feature_map_size',
+  'l2_normalize',
+  'rn50_config',
 ]

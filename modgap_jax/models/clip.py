@@ -67,8 +67,7 @@ class CLIP(nn.Module):
     """Int tokens [n, L] → L2-normalised float32 embeddings [n, embed_dim]."""
     return l2_normalize(self.text(tokens))
 
-  def __call__(self, images: jax.Array, tokens: jax.Array,
-               train: bool = False) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, images: jax.Array, tokens: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
     """Returns ``(image_emb, text_emb)``, both L2-normalised float32 [n, embed_dim]."""
     # Touch ν so that `init` through __call__ creates it; its value is not used here.
     self.temperature()
@@ -121,12 +120,19 @@ def create_model(model_cfg: ml_collections.ConfigDict, nu_init: float) -> CLIP:
     if width % 2:
       raise ConfigError(f'model.resnet.width={width} is not valid; it must be even (the stem uses width/2)')
     heads = _positive_int('model.resnet.heads', r.heads)
-    _divisible('model.resnet.width*2**(stages-1)*4', width * 2 ** (len(layers) - 1) * 4,
-               'model.resnet.heads', heads)
+    _divisible('model.resnet.width*2**(stages-1)*4', width * 2 ** (len(layers) - 1) * 4, 'model.resnet.heads', heads)
     norm = check_choice('model.resnet.norm', r.norm, NORMS)
     feature_map_size(image_size, len(layers))
-    image = ModifiedResNet(layers=layers, output_dim=embed_dim, heads=heads, image_size=image_size,
-                           width=width, norm=norm, axis_name=r.get('axis_name', None), dtype=dtype)
+    image = ModifiedResNet(
+      layers=layers,
+      output_dim=embed_dim,
+      heads=heads,
+      image_size=image_size,
+      width=width,
+      norm=norm,
+      axis_name=r.get('axis_name', None),
+      dtype=dtype,
+    )
   else:
     v = cfg.vit
     patch = _positive_int('model.vit.patch_size', v.patch_size)
@@ -135,18 +141,29 @@ def create_model(model_cfg: ml_collections.ConfigDict, nu_init: float) -> CLIP:
     vwidth = _positive_int('model.vit.width', v.width)
     vheads = _positive_int('model.vit.heads', v.heads)
     _divisible('model.vit.width', vwidth, 'model.vit.heads', vheads)
-    image = VisionTransformer(image_size=image_size, patch_size=patch, width=vwidth,
-                              depth=_positive_int('model.vit.depth', v.depth), heads=vheads,
-                              output_dim=embed_dim, dtype=dtype)
+    image = VisionTransformer(
+      image_size=image_size,
+      patch_size=patch,
+      width=vwidth,
+      depth=_positive_int('model.vit.depth', v.depth),
+      heads=vheads,
+      output_dim=embed_dim,
+      dtype=dtype,
+    )
 
   t = cfg.text
   twidth = _positive_int('model.text.width', t.width)
   theads = _positive_int('model.text.heads', t.heads)
   _divisible('model.text.width', twidth, 'model.text.heads', theads)
-  text = TextTransformer(vocab_size=_positive_int('model.vocab_size', cfg.vocab_size),
-                         context_length=_positive_int('model.context_length', cfg.context_length),
-                         width=twidth, depth=_positive_int('model.text.depth', t.depth), heads=theads,
-                         output_dim=embed_dim, dtype=dtype)
+  text = TextTransformer(
+    vocab_size=_positive_int('model.vocab_size', cfg.vocab_size),
+    context_length=_positive_int('model.context_length', cfg.context_length),
+    width=twidth,
+    depth=_positive_int('model.text.depth', t.depth),
+    heads=theads,
+    output_dim=embed_dim,
+    dtype=dtype,
+  )
   return CLIP(image=image, text=text, nu_init=float(nu_init))
 
 
@@ -155,7 +172,8 @@ def default_model_config() -> ml_collections.ConfigDict:
 
   GroupNorm keeps it free of batch statistics; ``vit`` holds a matching tiny ViT.
   """
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       image_tower='resnet',
       embed_dim=64,
       image_size=32,
@@ -165,7 +183,8 @@ def default_model_config() -> ml_collections.ConfigDict:
       resnet=dict(layers=(1, 1, 1, 1), width=16, heads=4, norm='group', axis_name=None),
       vit=dict(patch_size=8, width=64, depth=2, heads=4),
       text=dict(width=64, depth=2, heads=4),
-  ))
+    )
+  )
 
 
 def rn50_config() -> ml_collections.ConfigDict:

@@ -55,13 +55,16 @@ def feature_map_size(image_size: int, num_stages: int) -> int:
     side //= 2
   if side < 1:
     need = 2 ** (num_stages + 1) - 1  # Smallest side whose stem output is 2^stages.
-    raise ConfigError(f'model.image_size={image_size} is too small for {num_stages} resnet stages '
-                      f'(model.resnet.layers); use image_size >= {need} or fewer stages')
+    raise ConfigError(
+      f'model.image_size={image_size} is too small for {num_stages} resnet stages '
+      f'(model.resnet.layers); use image_size >= {need} or fewer stages'
+    )
   return side
 
 
-def make_norm(kind: str, train: bool, axis_name: str | None, dtype: Dtype,
-              zero_scale: bool = False, name: str | None = None) -> nn.Module:
+def make_norm(
+  kind: str, train: bool, axis_name: str | None, dtype: Dtype, zero_scale: bool = False, name: str | None = None
+) -> nn.Module:
   """Returns the norm layer for ``kind`` ('batch' or 'group')."""
   check_choice('model.resnet.norm', kind, NORMS)
   # Two-pass variances throughout: E[x²]−E[x]² cancels badly on small groups, and the result
@@ -69,9 +72,17 @@ def make_norm(kind: str, train: bool, axis_name: str | None, dtype: Dtype,
   scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones
   if kind == 'batch':
     # PyTorch's defaults (momentum 0.1 ⇒ flax 0.9, eps 1e-5), as CLIP used.
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, use_fast_variance=False,
-                        axis_name=axis_name, dtype=dtype, param_dtype=jnp.float32,
-                        scale_init=scale_init, name=name)
+    return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      use_fast_variance=False,
+      axis_name=axis_name,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      scale_init=scale_init,
+      name=name,
+    )
   return _GroupNorm(dtype=dtype, scale_init=scale_init, name=name)
 
 
@@ -84,16 +95,31 @@ class _GroupNorm(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     groups = math.gcd(32, x.shape[-1])
-    return nn.GroupNorm(num_groups=groups, epsilon=1e-5, dtype=self.dtype, param_dtype=jnp.float32,
-                        use_fast_variance=False,
-                        scale_init=self.scale_init, name='group_norm')(x)
+    return nn.GroupNorm(
+      num_groups=groups,
+      epsilon=1e-5,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      use_fast_variance=False,
+      scale_init=self.scale_init,
+      name='group_norm',
+    )(x)
 
 
 def _conv(features: int, kernel: int, dtype: Dtype, name: str, strides: int = 1) -> nn.Conv:
   # Explicit symmetric padding matches PyTorch; 'SAME' would pad (0, 1) for stride-2 convs.
   pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=((pad, pad), (pad, pad)),
-                 use_bias=False, dtype=dtype, param_dtype=jnp.float32, kernel_init=_conv_init, name=name)
+  return nn.Conv(
+    features,
+    (kernel, kernel),
+    strides=(strides, strides),
+    padding=((pad, pad), (pad, pad)),
+    use_bias=False,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=_conv_init,
+    name=name,
+  )
 
 
 def _avg_pool(x: jax.Array, stride: int) -> jax.Array:
@@ -143,19 +169,24 @@ class AttentionPool2d(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     n, h, w, c = x.shape
     if h * w + 1 != self.num_tokens:
-      raise ConfigError(f'feature map {h}x{w} does not match the {self.num_tokens - 1} positions '
-                        'fixed by model.image_size')
+      raise ConfigError(
+        f'feature map {h}x{w} does not match the {self.num_tokens - 1} positions fixed by model.image_size'
+      )
     x = x.reshape(n, h * w, c)
     mean = jnp.mean(x.astype(jnp.float32), axis=1, keepdims=True).astype(x.dtype)
     x = jnp.concatenate([mean, x], axis=1)
-    pos = self.param('positional_embedding', nn.initializers.normal(c ** -0.5), (self.num_tokens, c),
-                     jnp.float32)
+    pos = self.param('positional_embedding', nn.initializers.normal(c**-0.5), (self.num_tokens, c), jnp.float32)
     x = x + pos.astype(x.dtype)
     out = nn.MultiHeadDotProductAttention(
-        num_heads=self.heads, qkv_features=c, out_features=self.output_dim,
-        dtype=self.dtype, param_dtype=jnp.float32,
-        kernel_init=nn.initializers.normal(c ** -0.5), force_fp32_for_softmax=True,
-        name='attn')(x[:, :1], x)
+      num_heads=self.heads,
+      qkv_features=c,
+      out_features=self.output_dim,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=nn.initializers.normal(c**-0.5),
+      force_fp32_for_softmax=True,
+      name='attn',
+    )(x[:, :1], x)
     return out[:, 0]
 
 
@@ -200,6 +231,7 @@ class ModifiedResNet(nn.Module):
     for stage, blocks in enumerate(self.layers):
       for block in range(blocks):
         stride = 2 if stage > 0 and block == 0 else 1
-        x = Bottleneck(self.width * 2 ** stage, stride, self.norm, self.axis_name, self.dtype,
-                       name=f'stage{stage + 1}_block{block}')(x, train)
+        x = Bottleneck(
+          self.width * 2**stage, stride, self.norm, self.axis_name, self.dtype, name=f'stage{stage + 1}_block{block}'
+        )(x, train)
     return AttentionPool2d(side * side + 1, self.heads, self.output_dim, self.dtype, name='attnpool')(x)

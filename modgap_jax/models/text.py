@@ -44,11 +44,21 @@ class MlpBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = nn.Dense(4 * self.width, dtype=self.dtype, param_dtype=jnp.float32,
-                 kernel_init=nn.initializers.normal(self.fc_std), name='fc')(x)
+    x = nn.Dense(
+      4 * self.width,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=nn.initializers.normal(self.fc_std),
+      name='fc',
+    )(x)
     x = quick_gelu(x)
-    return nn.Dense(self.width, dtype=self.dtype, param_dtype=jnp.float32,
-                    kernel_init=nn.initializers.normal(self.proj_std), name='proj')(x)
+    return nn.Dense(
+      self.width,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=nn.initializers.normal(self.proj_std),
+      name='proj',
+    )(x)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -65,11 +75,16 @@ class ResidualAttentionBlock(nn.Module):
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     y = layer_norm('ln_1')(x)
     y = nn.MultiHeadDotProductAttention(
-        num_heads=self.heads, qkv_features=self.width, out_features=self.width,
-        dtype=self.dtype, param_dtype=jnp.float32,
-        kernel_init=nn.initializers.normal(self.attn_std),
-        out_kernel_init=nn.initializers.normal(self.proj_std),
-        force_fp32_for_softmax=True, name='attn')(y, y, mask=mask)
+      num_heads=self.heads,
+      qkv_features=self.width,
+      out_features=self.width,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=nn.initializers.normal(self.attn_std),
+      out_kernel_init=nn.initializers.normal(self.proj_std),
+      force_fp32_for_softmax=True,
+      name='attn',
+    )(y, y, mask=mask)
     x = x + y.astype(x.dtype)
     y = MlpBlock(self.width, self.fc_std, self.proj_std, self.dtype, name='mlp')(layer_norm('ln_2')(x))
     return x + y.astype(x.dtype)
@@ -90,12 +105,13 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    attn_std = self.width ** -0.5
-    proj_std = self.width ** -0.5 * (2 * self.depth) ** -0.5
+    attn_std = self.width**-0.5
+    proj_std = self.width**-0.5 * (2 * self.depth) ** -0.5
     fc_std = (2 * self.width) ** -0.5
     for i in range(self.depth):
-      x = ResidualAttentionBlock(self.width, self.heads, attn_std, proj_std, fc_std, self.dtype,
-                                 name=f'block{i}')(x, mask)
+      x = ResidualAttentionBlock(self.width, self.heads, attn_std, proj_std, fc_std, self.dtype, name=f'block{i}')(
+        x, mask
+      )
     return x
 
 
@@ -126,10 +142,17 @@ class TextTransformer(nn.Module):
     length = tokens.shape[-1]
     if length > self.context_length:
       raise ConfigError(f'tokens have length {length}, longer than model.context_length={self.context_length}')
-    x = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, param_dtype=jnp.float32,
-                 embedding_init=nn.initializers.normal(0.02), name='token_embedding')(tokens)
-    pos = self.param('positional_embedding', nn.initializers.normal(0.01),
-                     (self.context_length, self.width), jnp.float32)
+    x = nn.Embed(
+      self.vocab_size,
+      self.width,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      embedding_init=nn.initializers.normal(0.02),
+      name='token_embedding',
+    )(tokens)
+    pos = self.param(
+      'positional_embedding', nn.initializers.normal(0.01), (self.context_length, self.width), jnp.float32
+    )
     x = x + pos[:length].astype(self.dtype)
     # Causal mask: position i attends to positions <= i only, so the EOT feature summarises
     # the whole caption and padding after EOT cannot leak into it.
@@ -139,5 +162,11 @@ class TextTransformer(nn.Module):
     self.sow('intermediates', 'token_features', x)
     eot = jnp.argmax(tokens, axis=-1)
     x = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
-    return nn.Dense(self.output_dim, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                    kernel_init=nn.initializers.normal(self.width ** -0.5), name='projection')(x)
+    return nn.Dense(
+      self.output_dim,
+      use_bias=False,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=nn.initializers.normal(self.width**-0.5),
+      name='projection',
+    )(x)

@@ -45,13 +45,22 @@ class VisionTransformer(nn.Module):
     if images.shape[1:3] != (self.image_size, self.image_size):
       raise ConfigError(f'images are {images.shape[1]}x{images.shape[2]} but model.image_size={self.image_size}')
     if self.image_size % self.patch_size:
-      raise ConfigError(f'model.image_size={self.image_size} is not a multiple of '
-                        f'model.vit.patch_size={self.patch_size}')
+      raise ConfigError(
+        f'model.image_size={self.image_size} is not a multiple of model.vit.patch_size={self.patch_size}'
+      )
     # CLIP scales its class token, positional embedding and projection by width^-1/2.
-    scale = self.width ** -0.5
+    scale = self.width**-0.5
     p = self.patch_size
-    x = nn.Conv(self.width, (p, p), strides=(p, p), padding='VALID', use_bias=False,
-                dtype=self.dtype, param_dtype=jnp.float32, name='patch_embedding')(images.astype(self.dtype))
+    x = nn.Conv(
+      self.width,
+      (p, p),
+      strides=(p, p),
+      padding='VALID',
+      use_bias=False,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      name='patch_embedding',
+    )(images.astype(self.dtype))
     n = x.shape[0]
     x = x.reshape(n, -1, self.width)
     cls = self.param('class_embedding', nn.initializers.normal(scale), (self.width,), jnp.float32)
@@ -60,5 +69,11 @@ class VisionTransformer(nn.Module):
     x = layer_norm('ln_pre')(x + pos.astype(self.dtype)).astype(self.dtype)
     x = Transformer(self.width, self.depth, self.heads, self.dtype, name='transformer')(x)
     x = layer_norm('ln_post')(x[:, 0])
-    return nn.Dense(self.output_dim, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                    kernel_init=nn.initializers.normal(scale), name='projection')(x)
+    return nn.Dense(
+      self.output_dim,
+      use_bias=False,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=nn.initializers.normal(scale),
+      name='projection',
+    )(x)

@@ -27,8 +27,9 @@ CROSS_COLOR = "tab:purple"
 PAIRED_COLOR = "tab:green"
 
 
-def sample_pairs(image_emb: np.ndarray, text_emb: np.ndarray, text_to_image: np.ndarray, *, max_pairs: int = 300,
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def sample_pairs(
+  image_emb: np.ndarray, text_emb: np.ndarray, text_to_image: np.ndarray, *, max_pairs: int = 300, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
   """A seeded sample of at most ``max_pairs`` caption pairs (image row, caption row), unit rows."""
   m = len(text_emb)
   keep = np.sort(np.random.default_rng(seed).choice(m, size=min(m, max_pairs), replace=False))
@@ -63,7 +64,7 @@ def sphere_coordinates(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nda
   mean = union.mean(axis=0)
   _, _, vt = np.linalg.svd(union - mean, full_matrices=False)
   basis = np.zeros((3, union.shape[1]))
-  basis[:min(3, len(vt))] = vt[:3]
+  basis[: min(3, len(vt))] = vt[:3]
   # The uncentred projection keeps the cone's offset from the origin visible on the sphere.
   project = lambda a: a @ basis.T / np.maximum(np.linalg.norm(a @ basis.T, axis=1, keepdims=True), 1e-12)
   return project(x), project(y)
@@ -74,7 +75,7 @@ def plot_sphere(x: np.ndarray, y: np.ndarray, path: str, *, title: str = "") -> 
   xs, ys = sphere_coordinates(x, y)
   fig = plt.figure(figsize=(5.6, 5.6))
   ax = fig.add_subplot(projection="3d")
-  u, v = np.mgrid[0:2 * np.pi:30j, 0:np.pi:15j]
+  u, v = np.mgrid[0 : 2 * np.pi : 30j, 0 : np.pi : 15j]
   ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="0.85", lw=0.3)
   for a, b in zip(xs, ys):
     ax.plot(*zip(a, b), color="0.5", lw=0.4, alpha=0.6)
@@ -94,8 +95,11 @@ def plot_shift(result: Mapping[str, Any], path: str, *, title: str = "") -> None
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
   axes[0].plot(lam, shift["loss"], "o-", ms=3, color="k")
   axes[0].set_title(f"CLIP loss at β = {result['beta']:g}")
-  for key, color, label in (("i2t_r1", IMAGE_COLOR, "image→text R@1"), ("t2i_r1", TEXT_COLOR, "text→image R@1"),
-                            ("zeroshot_top1", PAIRED_COLOR, "zero-shot top-1")):
+  for key, color, label in (
+    ("i2t_r1", IMAGE_COLOR, "image→text R@1"),
+    ("t2i_r1", TEXT_COLOR, "text→image R@1"),
+    ("zeroshot_top1", PAIRED_COLOR, "zero-shot top-1"),
+  ):
     if key in shift:
       axes[1].plot(lam, shift[key], "o-", ms=3, color=color, label=label)
   axes[1].set_title("retrieval / zero-shot")
@@ -124,8 +128,9 @@ def plot_gap_spectrum(result: Mapping[str, Any], path: str, *, top: int = 50, ti
   for q, key in ((0.5, "gap_dims_50"), (0.9, "gap_dims_90")):
     axes[1].axhline(q, color="0.6", ls=":", lw=0.8)
     axes[1].axvline(result[key], color="0.4", ls="--", lw=0.8)
-    axes[1].annotate(f"{int(q * 100)}%: {result[key]} dims", (result[key], q), fontsize=7, xytext=(4, -10),
-                     textcoords="offset points")
+    axes[1].annotate(
+      f"{int(q * 100)}%: {result[key]} dims", (result[key], q), fontsize=7, xytext=(4, -10), textcoords="offset points"
+    )
   axes[1].set_xscale("log")
   axes[1].set_xlabel("number of coordinates")
   axes[1].set_title("cumulative share of ‖g‖²")
@@ -141,10 +146,12 @@ def _hist_axes(ax, result: Mapping[str, Any], title: str) -> None:
   hist = result["cosine_hist"]
   edges = np.asarray(hist["edges"])
   centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
-  for key, color, label, mean_key in (("image", IMAGE_COLOR, "image–image", "cone_image"),
-                                      ("text", TEXT_COLOR, "text–text", "cone_text"),
-                                      ("cross", CROSS_COLOR, "image–text (all)", "cross_cosine"),
-                                      ("paired", PAIRED_COLOR, "paired", "paired_cosine")):
+  for key, color, label, mean_key in (
+    ("image", IMAGE_COLOR, "image–image", "cone_image"),
+    ("text", TEXT_COLOR, "text–text", "cone_text"),
+    ("cross", CROSS_COLOR, "image–text (all)", "cross_cosine"),
+    ("paired", PAIRED_COLOR, "paired", "paired_cosine"),
+  ):
     counts = np.asarray(hist[key], np.float64)
     if counts.sum() > 0:
       mean = result.get(mean_key)

@@ -94,8 +94,7 @@ def sphere_snapshots(times: list[float], images: list[np.ndarray], texts: list[n
     ax.set_title(f"t = {time:.3g}", fontsize=9)
   handles, labels = axes[0].get_legend_handles_labels()
   fig.legend(handles, labels, loc="upper right", fontsize=8, frameon=False)
-  fig.suptitle("Both modalities on the sphere (orthographic view; hollow: far side; lines join pairs)",
-               fontsize=10)
+  fig.suptitle("Both modalities on the sphere (orthographic view; hollow: far side; lines join pairs)", fontsize=10)
   fig.tight_layout()
   return fig
 
@@ -124,11 +123,11 @@ def gamma_vs_inverse_log2(runs: list[tuple[str, np.ndarray, np.ndarray]], t_from
   for k, (name, t, gamma) in enumerate(runs):
     color = f"C{k % 10}"
     late = t >= max(t_from, np.e)
-    x = 1.0 / np.log(t[late])**2
+    x = 1.0 / np.log(t[late]) ** 2
     for row in range(gamma.shape[0]):
       style = dict(color=color, lw=1.6, label=name) if row == 0 else dict(color=color, lw=0.8, alpha=0.3)
       ax.plot(x, gamma[row, late], **style)
-      ax_ratio.plot(t[late], gamma[row, late] * np.log(t[late])**2, **style)
+      ax_ratio.plot(t[late], gamma[row, late] * np.log(t[late]) ** 2, **style)
   ax.set_xlabel("1 / log² t")
   ax.set_ylabel("γ")
   ax.set_xlim(left=0)

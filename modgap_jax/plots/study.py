@@ -34,8 +34,16 @@ def _point(cell: dict[str, Any], key: str) -> tuple[float, float]:
 def _scatter(ax, cells, x_key, y_key, label=None, annotate=True, scale=1.0, **kwargs):
   for i, cell in enumerate(cells):
     (x, xe), (y, ye) = _point(cell, x_key), _point(cell, y_key)
-    ax.errorbar(x, y * scale, xerr=xe or None, yerr=(ye * scale) or None, fmt="o", capsize=3,
-                label=label if i == 0 else None, **kwargs)
+    ax.errorbar(
+      x,
+      y * scale,
+      xerr=xe or None,
+      yerr=(ye * scale) or None,
+      fmt="o",
+      capsize=3,
+      label=label if i == 0 else None,
+      **kwargs,
+    )
     if annotate and np.isfinite(x) and np.isfinite(y):
       ax.annotate(cell["cell"], (x, y * scale), fontsize=7, xytext=(3, 3), textcoords="offset points")
 
@@ -48,8 +56,9 @@ def _save(fig, path):
 
 def mean_curve(histories: list[list[dict[str, Any]]], split: str, key: str) -> tuple[np.ndarray, ...]:
   """(steps, mean, std) of ``key`` over runs, at the ``split`` steps every run logged."""
-  curves = [{r["step"]: r[key] for r in records if r.get("split") == split and r.get(key) is not None}
-            for records in histories]
+  curves = [
+    {r["step"]: r[key] for r in records if r.get("split") == split and r.get(key) is not None} for records in histories
+  ]
   curves = [c for c in curves if c]
   if not curves:
     return np.zeros(0), np.zeros(0), np.zeros(0)
@@ -74,8 +83,7 @@ def plot_gap_vs_tau(cells, path):
 def plot_retrieval_vs_gap(cells, path):
   fig, ax = plt.subplots(figsize=(5, 3.8))
   _scatter(ax, cells, "gap", "t2i_r1", label="image retrieval (t2i R@1)", scale=100, color="tab:blue")
-  _scatter(ax, cells, "gap", "i2t_r1", label="text retrieval (i2t R@1)", scale=100, color="tab:orange",
-           annotate=False)
+  _scatter(ax, cells, "gap", "i2t_r1", label="text retrieval (i2t R@1)", scale=100, color="tab:orange", annotate=False)
   ax.set(xlabel="modality gap Δ", ylabel="R@1 (%)", title="retrieval against the gap")
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3)
@@ -99,8 +107,14 @@ def plot_tau_gap_over_steps(cells, histories, path):
       steps, mean, std = mean_curve(runs, split, key)
       if not len(steps):
         continue
-      line, = ax.plot(steps, mean, "-" if split == "train" else "o-", ms=2.5, lw=1.2,
-                      label=f"{cell['cell']} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
+      (line,) = ax.plot(
+        steps,
+        mean,
+        "-" if split == "train" else "o-",
+        ms=2.5,
+        lw=1.2,
+        label=f"{cell['cell']} ({len(runs)} seed{'s' if len(runs) > 1 else ''})",
+      )
       if len(runs) > 1:
         ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
   axes[0].set(xlabel="step", ylabel="τ", title="temperature τ(t)")
@@ -119,8 +133,12 @@ def plot_fig4a(results, path):
   ax.plot(points[:, 1], points[:, 2], "o", ms=3, label=f"eval points, t > {results['fit_min_step']}")
   if results.get("r2") is not None:
     grid = np.linspace(points[:, 1].min(), points[:, 1].max(), 50)
-    ax.plot(grid, results["intercept"] + results["slope"] * grid, "-",
-            label=f"Δ = {results['intercept']:.3f} + {results['slope']:.3f}·x, R² = {results['r2']:.3f}")
+    ax.plot(
+      grid,
+      results["intercept"] + results["slope"] * grid,
+      "-",
+      label=f"Δ = {results['intercept']:.3f} + {results['slope']:.3f}·x, R² = {results['r2']:.3f}",
+    )
   ax.set(xlabel="x = −1 / log² t", ylabel="modality gap Δ", title="Theorem 3.2 on real data (Fig. 4a)")
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3)
@@ -147,12 +165,25 @@ def plot_fig4b(results: dict[str, Any], path: str) -> None:
   fig, ax = plt.subplots(figsize=(5, 3.6))
   ax.hist(rises, bins=min(30, max(5, len(rises) // 3)), color="tab:blue", alpha=0.8)
   ax.axvline(0.0, color="k", lw=1)
-  ax.axvline(rises.mean(), color="tab:red", ls="--", lw=1.2, label=f"ours: mean {rises.mean():.3f}, "
-             f"{100 * np.mean(rises > 0):.0f} % rise")
-  ax.axvline(paper["mean_rise"], color="tab:green", ls=":", lw=1.2,
-             label=f"paper: mean ≈ {paper['mean_rise']}, {100 * paper['share_rising']:.0f} % rise")
-  ax.set(xlabel=f"Δ({results['num_steps']}) − Δ(0)", ylabel="initialisations",
-         title=f"Theorem 3.3: {len(rises)} random inits, {results['num_steps']} steps (Fig. 4b)")
+  ax.axvline(
+    rises.mean(),
+    color="tab:red",
+    ls="--",
+    lw=1.2,
+    label=f"ours: mean {rises.mean():.3f}, {100 * np.mean(rises > 0):.0f} % rise",
+  )
+  ax.axvline(
+    paper["mean_rise"],
+    color="tab:green",
+    ls=":",
+    lw=1.2,
+    label=f"paper: mean ≈ {paper['mean_rise']}, {100 * paper['share_rising']:.0f} % rise",
+  )
+  ax.set(
+    xlabel=f"Δ({results['num_steps']}) − Δ(0)",
+    ylabel="initialisations",
+    title=f"Theorem 3.3: {len(rises)} random inits, {results['num_steps']} steps (Fig. 4b)",
+  )
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3)
   _save(fig, path)

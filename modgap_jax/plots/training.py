@@ -49,8 +49,9 @@ def pca_2d(*sets: np.ndarray) -> list[np.ndarray]:
   return [(s - mean) @ vt[:2].T for s in sets]
 
 
-def plot_embedding_pca(image_emb: np.ndarray, text_emb: np.ndarray, path: str, *, max_pairs: int = 300,
-                       title: str = "", seed: int = 0) -> None:
+def plot_embedding_pca(
+  image_emb: np.ndarray, text_emb: np.ndarray, path: str, *, max_pairs: int = 300, title: str = "", seed: int = 0
+) -> None:
   """Figure 1 style: PCA of paired image (red) and text (blue) embeddings, pairs joined."""
   n = len(image_emb)
   keep = np.random.default_rng(seed).choice(n, size=min(n, max_pairs), replace=False)

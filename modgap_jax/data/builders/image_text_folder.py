@@ -34,9 +34,7 @@ import pathlib
 
 import tensorflow_datasets as tfds
 
-from modgap_jax.data.builders import base
-from modgap_jax.data.builders import files
-from modgap_jax.data.builders import splits
+from modgap_jax.data.builders import base, files, splits
 from modgap_jax.errors import ConfigError
 
 NAME = "image_text_folder"
@@ -76,8 +74,10 @@ def _field(record: dict, key: str, where: str, required: bool) -> str | None:
 
 def _merge(image: FolderImage, key: str, value: str | None, where: str) -> None:
   if getattr(image, key) != value:
-    raise ConfigError(f"{where}: field {key!r}={value!r} differs from {getattr(image, key)!r} on line "
-                      f"{image.line} for image={image.image!r}")
+    raise ConfigError(
+      f"{where}: field {key!r}={value!r} differs from {getattr(image, key)!r} on line "
+      f"{image.line} for image={image.image!r}"
+    )
 
 
 def parse_manifest(path: pathlib.Path) -> Manifest:
@@ -105,7 +105,9 @@ def parse_manifest(path: pathlib.Path) -> Manifest:
         raise ConfigError(f"{where}: field 'image'={image!r} must be a path inside the folder")
       split = _field(record, "split", where, required=False)
       if split is not None and split not in SPLITS:
-        raise ConfigError(f"{where}: field 'split'={split!r} is not valid; choose one of {', '.join(map(repr, SPLITS))}")
+        raise ConfigError(
+          f"{where}: field 'split'={split!r} is not valid; choose one of {', '.join(map(repr, SPLITS))}"
+        )
       label = _field(record, "label", where, required=False)
       for key, value in (("split", split), ("label", label)):
         seen[key].add(value is not None)
@@ -155,8 +157,10 @@ class ImageTextFolder(base.OfflineBuilder):
 
   def __init__(self, *, config: files.FilesConfig | None = None, num_threads: int | None = None, **kwargs):
     if config is None or config.options is None:
-      raise ConfigError("dataset='image_text_folder' needs dataset.path, a folder with captions.jsonl; build it "
-                        "with modgap_jax.data.load_examples('image_text_folder', split, path=...)")
+      raise ConfigError(
+        "dataset='image_text_folder' needs dataset.path, a folder with captions.jsonl; build it "
+        "with modgap_jax.data.load_examples('image_text_folder', split, path=...)"
+      )
     self._num_threads = num_threads
     super().__init__(config=config, **kwargs)
 
@@ -174,30 +178,35 @@ class ImageTextFolder(base.OfflineBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     features = {
-        "image": files.image_feature(),
-        "captions": files.caption_feature(),
-        "image_path": tfds.features.Text(),
+      "image": files.image_feature(),
+      "captions": files.caption_feature(),
+      "image_path": tfds.features.Text(),
     }
     class_names = self._manifest().class_names
     if class_names is not None:
       features[LABEL_KEY] = tfds.features.ClassLabel(names=list(class_names))
-    return self._make_info(features=features,
-                           description=f"Images and captions listed in {MANIFEST} of a local folder.")
+    return self._make_info(
+      features=features, description=f"Images and captions listed in {MANIFEST} of a local folder."
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Everything comes from the local folder.
     options = self.builder_config.options
     manifest_path = os.path.join(options.path, MANIFEST)
     by_split = split_of(self._manifest(), options.test_fraction, options.split_seed)
-    files.check_files_exist((os.path.join(options.path, im.image) for ims in by_split.values() for im in ims),
-                            manifest_path)
+    files.check_files_exist(
+      (os.path.join(options.path, im.image) for ims in by_split.values() for im in ims), manifest_path
+    )
     return {name: self._generate_examples(images) for name, images in by_split.items()}
 
   def _generate_examples(self, images):
     root = self.builder_config.options.path
-    encoded = files.prepare_images([os.path.join(root, im.image) for im in images],
-                                   self.builder_config.options.store_size, upright=True,
-                                   num_threads=self._num_threads)
+    encoded = files.prepare_images(
+      [os.path.join(root, im.image) for im in images],
+      self.builder_config.options.store_size,
+      upright=True,
+      num_threads=self._num_threads,
+    )
     with_label = self._manifest().class_names is not None
     for image, jpeg in zip(images, encoded):
       example = {"image": jpeg, "captions": image.captions, "image_path": image.image}

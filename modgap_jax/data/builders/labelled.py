@@ -32,15 +32,15 @@ class LabelledImageBuilder(base.OfflineBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self._make_info(
-        features={
-            # zlib: uint8 stored as bytes, not as an int64 list (about 10x faster to write).
-            "image": tfds.features.Tensor(shape=self.IMAGE_SHAPE, dtype=np.uint8, encoding="zlib"),
-            "captions": tfds.features.Sequence(tfds.features.Text()),
-            "label": tfds.features.ClassLabel(names=list(self.CLASS_NAMES)),
-        },
-        description=self.DESCRIPTION,
-        citation=self.CITATION,
-        homepage=self.HOMEPAGE,
+      features={
+        # zlib: uint8 stored as bytes, not as an int64 list (about 10x faster to write).
+        "image": tfds.features.Tensor(shape=self.IMAGE_SHAPE, dtype=np.uint8, encoding="zlib"),
+        "captions": tfds.features.Sequence(tfds.features.Text()),
+        "label": tfds.features.ClassLabel(names=list(self.CLASS_NAMES)),
+      },
+      description=self.DESCRIPTION,
+      citation=self.CITATION,
+      homepage=self.HOMEPAGE,
     )
 
   def _split_generators(self, dl_manager):

@@ -18,9 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
-from modgap_jax.data.builders import base
-from modgap_jax.data.builders import splits
-from modgap_jax.data.builders import twemoji_source
+from modgap_jax.data.builders import base, splits, twemoji_source
 
 TRAIN_FRACTION = 0.8
 _SPLIT_SALT = "twemoji_captions/v1"
@@ -40,8 +38,8 @@ def split_of(emojis: list[twemoji_source.Emoji]) -> dict[str, list[twemoji_sourc
   """Assigns each emoji to 'train' or 'test' by its base emoji."""
   train_bases = splits.hash_split((e.base_id for e in emojis), TRAIN_FRACTION, _SPLIT_SALT)
   return {
-      "train": [e for e in emojis if e.base_id in train_bases],
-      "test": [e for e in emojis if e.base_id not in train_bases],
+    "train": [e for e in emojis if e.base_id in train_bases],
+    "test": [e for e in emojis if e.base_id not in train_bases],
   }
 
 
@@ -54,18 +52,20 @@ class TwemojiCaptions(base.OfflineBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     size = twemoji_source.IMAGE_SIZE
     return self._make_info(
-        features={
-            "image": tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8, encoding="zlib"),
-            "captions": tfds.features.Sequence(tfds.features.Text()),
-            "category": tfds.features.ClassLabel(names=category_names()),
-            "subcategory": tfds.features.ClassLabel(names=subcategory_names()),
-            "emoji_id": tfds.features.Text(),
-            "base_id": tfds.features.Text(),
-        },
-        description=("Twemoji images (RGB on white, 72x72) with captions from their Unicode names and "
-                     "short names; split 80/20 by base emoji. " + base.TWEMOJI_ATTRIBUTION),
-        citation=base.TWEMOJI_ATTRIBUTION,
-        homepage="https://github.com/jdecked/twemoji",
+      features={
+        "image": tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8, encoding="zlib"),
+        "captions": tfds.features.Sequence(tfds.features.Text()),
+        "category": tfds.features.ClassLabel(names=category_names()),
+        "subcategory": tfds.features.ClassLabel(names=subcategory_names()),
+        "emoji_id": tfds.features.Text(),
+        "base_id": tfds.features.Text(),
+      },
+      description=(
+        "Twemoji images (RGB on white, 72x72) with captions from their Unicode names and "
+        "short names; split 80/20 by base emoji. " + base.TWEMOJI_ATTRIBUTION
+      ),
+      citation=base.TWEMOJI_ATTRIBUTION,
+      homepage="https://github.com/jdecked/twemoji",
     )
 
   def _split_generators(self, dl_manager):
@@ -75,11 +75,14 @@ class TwemojiCaptions(base.OfflineBuilder):
 
   def _generate_examples(self, emojis, split_name):
     for emoji in tqdm.tqdm(emojis, desc=f"twemoji_captions/{split_name}: reading PNGs", leave=False):
-      yield emoji.emoji_id, {
+      yield (
+        emoji.emoji_id,
+        {
           "image": twemoji_source.load_rgb(emoji.png),
           "captions": twemoji_source.captions(emoji),
           "category": emoji.category,
           "subcategory": emoji.subcategory,
           "emoji_id": emoji.emoji_id,
           "base_id": emoji.base_id,
-      }
+        },
+      )

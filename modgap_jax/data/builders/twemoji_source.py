@@ -23,11 +23,11 @@ IMAGE_SIZE = 72
 
 # Unicode's names for the Fitzpatrick modifiers, as CLDR writes them in emoji names.
 _SKIN_TONES = {
-    "1F3FB": "light skin tone",
-    "1F3FC": "medium-light skin tone",
-    "1F3FD": "medium skin tone",
-    "1F3FE": "medium-dark skin tone",
-    "1F3FF": "dark skin tone",
+  "1F3FB": "light skin tone",
+  "1F3FC": "medium-light skin tone",
+  "1F3FD": "medium skin tone",
+  "1F3FE": "medium-dark skin tone",
+  "1F3FF": "dark skin tone",
 }
 
 
@@ -114,14 +114,25 @@ def list_emojis() -> list[Emoji]:
     if base_file is None:
       continue  # A base without its own image also drops its variants: no image to anchor.
     base_id = base_file.removesuffix(".png")
-    common = dict(base_id=base_id, name=name, short_names=_clean_short_names(row["short_names"], name),
-                  category=row["category"], subcategory=row["subcategory"])
+    common = dict(
+      base_id=base_id,
+      name=name,
+      short_names=_clean_short_names(row["short_names"], name),
+      category=row["category"],
+      subcategory=row["subcategory"],
+    )
     emojis.append(Emoji(emoji_id=base_id, skin_tone="", png=directory / base_file, **common))
     for modifier, variant in sorted((row.get("skin_variations") or {}).items()):
       variant_file = resolve_png(variant["image"], available)
       if variant_file is not None:
-        emojis.append(Emoji(emoji_id=variant_file.removesuffix(".png"), skin_tone=skin_tone_words(modifier),
-                            png=directory / variant_file, **common))
+        emojis.append(
+          Emoji(
+            emoji_id=variant_file.removesuffix(".png"),
+            skin_tone=skin_tone_words(modifier),
+            png=directory / variant_file,
+            **common,
+          )
+        )
   return emojis
 
 

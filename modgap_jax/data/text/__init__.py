@@ -20,19 +20,23 @@ evaluation script, a prompt tool) stays light::
   assert text.from_json(tokenizer.to_json()) == tokenizer
 """
 
-from modgap_jax.data.text.base import PAD_ID
-from modgap_jax.data.text.base import Tokenizer
-from modgap_jax.data.text.base import check_context_length
-from modgap_jax.data.text.base import normalize
-from modgap_jax.data.text.base import pack
-from modgap_jax.data.text.bpe import BPETokenizer
-from modgap_jax.data.text.bpe import train_bpe
-from modgap_jax.data.text.byte import ByteTokenizer
-from modgap_jax.data.text.byte import detokenize
-from modgap_jax.data.text.byte import tokenize
-from modgap_jax.data.text.factory import TOKENIZER_KINDS
-from modgap_jax.data.text.factory import from_json
-from modgap_jax.data.text.factory import make_tokenizer
+from modgap_jax.data.text.base import PAD_ID, Tokenizer, check_context_length, normalize, pack
+from modgap_jax.data.text.bpe import BPETokenizer, train_bpe
+from modgap_jax.data.text.byte import ByteTokenizer, detokenize, tokenize
+from modgap_jax.data.text.factory import TOKENIZER_KINDS, from_json, make_tokenizer
 
-__all__ = ["PAD_ID", "Tokenizer", "check_context_length", "normalize", "pack", "BPETokenizer", "train_bpe",
-           "ByteTokenizer", "detokenize", "tokenize", "TOKENIZER_KINDS", "from_json", "make_tokenizer"]
+__all__ = [
+  "PAD_ID",
+  "Tokenizer",
+  "check_context_length",
+  "normalize",
+  "pack",
+  "BPETokenizer",
+  "train_bpe",
+  "ByteTokenizer",
+  "detokenize",
+  "tokenize",
+  "TOKENIZER_KINDS",
+  "from_json",
+  "make_tokenizer",
+]

@@ -61,8 +61,7 @@ def check_context_length(context_length: int) -> None:
     raise ConfigError(f"context_length={context_length!r} must be an integer >= 2 (room for SOT and EOT)")
 
 
-def pack(bodies: Iterable[Sequence[int] | np.ndarray], context_length: int, sot: int,
-         eot: int) -> np.ndarray:
+def pack(bodies: Iterable[Sequence[int] | np.ndarray], context_length: int, sot: int, eot: int) -> np.ndarray:
   """Lays token bodies out as int32 [n, context_length]: SOT, body, EOT, then 0-padding.
 
   A body longer than ``context_length - 2`` is cut so that EOT still sits in the last slot:
@@ -75,6 +74,6 @@ def pack(bodies: Iterable[Sequence[int] | np.ndarray], context_length: int, sot:
   for row, body in zip(tokens, bodies):
     body = body[:room]
     row[0] = sot
-    row[1:1 + len(body)] = body
+    row[1 : 1 + len(body)] = body
     row[1 + len(body)] = eot
   return tokens

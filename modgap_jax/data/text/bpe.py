@@ -91,8 +91,9 @@ def _merge_pair(symbols: Sequence[int], pair: tuple[int, int], new: int) -> list
 
 def _check_vocab_size(vocab_size: int) -> None:
   if not isinstance(vocab_size, (int, np.integer)) or vocab_size < MIN_VOCAB_SIZE:
-    raise ConfigError(f"vocab_size={vocab_size!r} must be an integer >= {MIN_VOCAB_SIZE} "
-                      f"(padding, 256 bytes, end-of-word, SOT and EOT)")
+    raise ConfigError(
+      f"vocab_size={vocab_size!r} must be an integer >= {MIN_VOCAB_SIZE} (padding, 256 bytes, end-of-word, SOT and EOT)"
+    )
 
 
 def train_bpe(texts: str | Iterable[str], vocab_size: int) -> BPETokenizer:
@@ -178,8 +179,7 @@ class BPETokenizer:
     self._ends_word = [False] * 256 + [True]
     for k, (a, b) in enumerate(self.merges):
       if not (0 <= a < FIRST_MERGE + k and 0 <= b < FIRST_MERGE + k) or self._ends_word[a]:
-        raise ConfigError(f"BPE merge {k} = ({a}, {b}) joins a symbol that is not yet defined "
-                          f"or that ends a word")
+        raise ConfigError(f"BPE merge {k} = ({a}, {b}) joins a symbol that is not yet defined or that ends a word")
       self._bytes.append(self._bytes[a] + self._bytes[b])
       self._ends_word.append(self._ends_word[b])
     self._rank = {pair: k for k, pair in enumerate(self.merges)}
@@ -220,8 +220,7 @@ class BPETokenizer:
     base.check_context_length(context_length)
     if isinstance(texts, str):
       texts = [texts]
-    return base.pack((self.encode_text(text) for text in texts), context_length,
-                          self.sot_id, self.eot_id)
+    return base.pack((self.encode_text(text) for text in texts), context_length, self.sot_id, self.eot_id)
 
   def decode(self, tokens: np.ndarray) -> list[str]:
     """Inverts :meth:`encode` up to normalisation and truncation; int [n, L] -> n strings.
@@ -260,8 +259,14 @@ class BPETokenizer:
 
   def to_json(self) -> str:
     """The merges as JSON; :meth:`from_json` (or ``text.from_json``) reads it back."""
-    return json.dumps({"kind": _JSON_KIND, "version": _JSON_VERSION, "vocab_size": self.vocab_size,
-                       "merges": [list(pair) for pair in self.merges]})
+    return json.dumps(
+      {
+        "kind": _JSON_KIND,
+        "version": _JSON_VERSION,
+        "vocab_size": self.vocab_size,
+        "merges": [list(pair) for pair in self.merges],
+      }
+    )
 
   @classmethod
   def from_json(cls, text: str) -> BPETokenizer:
@@ -269,16 +274,20 @@ class BPETokenizer:
     try:
       spec = json.loads(text)
       if spec.get("kind") != _JSON_KIND or spec.get("version") != _JSON_VERSION:
-        raise ConfigError(f"BPE JSON has kind={spec.get('kind')!r}, version={spec.get('version')!r}; "
-                          f"expected kind={_JSON_KIND!r}, version={_JSON_VERSION}")
+        raise ConfigError(
+          f"BPE JSON has kind={spec.get('kind')!r}, version={spec.get('version')!r}; "
+          f"expected kind={_JSON_KIND!r}, version={_JSON_VERSION}"
+        )
       result = cls((a, b) for a, b in spec["merges"])
     except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as error:
       if isinstance(error, ConfigError):
         raise
       raise ConfigError(f"BPE JSON is malformed: {error!r}") from None
     if spec.get("vocab_size", result.vocab_size) != result.vocab_size:
-      raise ConfigError(f"BPE JSON vocab_size={spec['vocab_size']} disagrees with its "
-                        f"{len(result.merges)} merges ({result.vocab_size} ids)")
+      raise ConfigError(
+        f"BPE JSON vocab_size={spec['vocab_size']} disagrees with its "
+        f"{len(result.merges)} merges ({result.vocab_size} ids)"
+      )
     return result
 
   def __eq__(self, other) -> bool:

@@ -40,8 +40,10 @@ def tokenize(texts: str | Sequence[str], context_length: int) -> np.ndarray:
     texts = [texts]
   room = context_length - 2
   # Slicing the bytes before the int32 cast keeps long texts cheap.
-  bodies = (np.frombuffer(base.normalize(text).encode("utf-8")[:room], dtype=np.uint8).astype(np.int32)
-            + BYTE_OFFSET for text in texts)
+  bodies = (
+    np.frombuffer(base.normalize(text).encode("utf-8")[:room], dtype=np.uint8).astype(np.int32) + BYTE_OFFSET
+    for text in texts
+  )
   return base.pack(bodies, context_length, SOT_ID, EOT_ID)
 
 

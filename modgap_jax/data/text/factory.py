@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from modgap_jax.data.text import base
-from modgap_jax.data.text import bpe
-from modgap_jax.data.text import byte
+from modgap_jax.data.text import base, bpe, byte
 from modgap_jax.errors import ConfigError, check_choice
 
 TOKENIZER_KINDS = ("byte", "bpe")
