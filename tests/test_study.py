@@ -46,27 +46,6 @@ def tiny_study(name, data_dir, **fields):
   return config
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """A persistent XLA cache for this module: seeds of a cell, and the recorded command's
-  subprocess, reuse the cell's compiled programs (compiling dominates these tiny runs)."""
-  from jax.experimental.compilation_cache import compilation_cache as cache
-
-  directory = str(tmp_path_factory.mktemp("xla_cache"))
-  options = {
-    "jax_compilation_cache_dir": directory,
-    "jax_persistent_cache_min_compile_time_secs": 0.0,
-    "jax_persistent_cache_min_entry_size_bytes": 0,
-  }
-  previous = {name: getattr(jax.config, name) for name in options}
-  for name, value in options.items():
-    jax.config.update(name, value)
-  yield {name.upper(): str(value) for name, value in options.items()}
-  for name, value in previous.items():
-    jax.config.update(name, value)
-  cache.reset_cache()
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("tfds"))
@@ -139,7 +118,7 @@ def test_second_invocation_trains_nothing_and_partial_studies_aggregate(grid, mo
       f.writelines(lines)
 
 
-def test_recorded_command_reproduces_a_seed(grid, tmp_path, compilation_cache):
+def test_recorded_command_reproduces_a_seed(grid, tmp_path):
   _, workdir, results = grid
   cell = results["cells"][1]
   assert cell["command"].startswith("python -m experiments.main --config=")
@@ -150,7 +129,6 @@ def test_recorded_command_reproduces_a_seed(grid, tmp_path, compilation_cache):
     **os.environ,
     "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
     "JAX_PLATFORMS": "cpu",
-    **compilation_cache,
   }
   done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-2000:]
