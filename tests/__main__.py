@@ -1,0 +1,38 @@
+"""``python -m tests``: the whole suite, one pytest process per test module.
+
+Why not one ``pytest`` process: after a few hundred XLA:CPU compilations in one process (jax
+0.10.2), a later compilation crashed inside XLA (SIGSEGV or SIGABRT, seen three times, each time
+in a different test that passes on its own). A fresh interpreter per module keeps every module's
+compilations apart; it costs one JAX import per module. Extra arguments go to every pytest call,
+e.g. ``python -m tests -x``.
+"""
+
+import glob
+import os
+import subprocess
+import sys
+import time
+
+
+def main(argv: list[str]) -> int:
+  here = os.path.dirname(os.path.abspath(__file__))
+  modules = sorted(glob.glob(os.path.join(here, "test_*.py")))
+  failed = []
+  start = time.time()
+  for module in modules:
+    began = time.time()
+    code = subprocess.call([sys.executable, "-m", "pytest", "-q", *argv, module], cwd=os.path.dirname(here))
+    name = os.path.basename(module)
+    print(f"== {name}: exit {code} in {time.time() - began:.0f} s", flush=True)
+    if code != 0:
+      failed.append(name)
+  print(
+    f"== {len(modules) - len(failed)} of {len(modules)} test modules passed in {time.time() - start:.0f} s"
+    + (f"; failed: {', '.join(failed)}" if failed else ""),
+    flush=True,
+  )
+  return 1 if failed else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
