@@ -311,3 +311,123 @@ def test_wrong_image_size_at_call_raises():
       jax.ShapeDtypeStruct((1, 48, 48, 3), jnp.float32),
       jax.ShapeDtypeStruct((1, 32), jnp.int32),
     )
+
+
+# ----------------------------------------------------------------------------- float64 references
+
+
+def _np_conv(x, kernel, stride):
+  """Brute-force NHWC/HWIO convolution with symmetric zero padding k // 2, in float64."""
+  k = kernel.shape[0]
+  pad = k // 2
+  x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  out_h = (x.shape[1] - k) // stride + 1
+  out_w = (x.shape[2] - k) // stride + 1
+  out = np.zeros((x.shape[0], out_h, out_w, kernel.shape[-1]))
+  for a in range(out_h):
+    for b in range(out_w):
+      window = x[:, a * stride : a * stride + k, b * stride : b * stride + k]  # [n, k, k, c]
+      out[:, a, b] = np.einsum('nijc,ijco->no', window, kernel)
+  return out
+
+
+@pytest.mark.parametrize(
+  'side, kernel, stride',
+  [(8, 1, 1), (8, 3, 1), (2, 3, 1), (1, 3, 1), (8, 3, 2), (7, 3, 2)],
+  ids=['1x1 (dot)', '3x3', '3x3 on 2x2 (tap sum)', '3x3 on 1x1 (tap sum)', '3x3 stride 2', '3x3 stride 2 odd'],
+)
+def test_conv2d_matches_numpy_float64(side, kernel, stride):
+  conv = models.resnet.Conv2d(features=5, kernel_size=kernel, strides=stride)
+  x = _images(jax.random.key(20), 2, side, channels=4)
+  variables = jax.jit(conv.init)(_key(21), x)
+  assert variables['params']['kernel'].shape == (kernel, kernel, 4, 5)  # nn.Conv's name and shape
+  got = jax.jit(conv.apply)(variables, x)
+  ref = _np_conv(np.asarray(x, np.float64), np.asarray(variables['params']['kernel'], np.float64), stride)
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def _np_layer_norm(x, p):
+  mu = x.mean(-1, keepdims=True)
+  var = ((x - mu) ** 2).mean(-1, keepdims=True)
+  return (x - mu) / np.sqrt(var + 1e-5) * p['scale'] + p['bias']
+
+
+def _np_transformer(x, params, heads, causal):
+  """The pre-LN Transformer of models/text.py on every row, in float64."""
+  n, length, width = x.shape
+  hd = width // heads
+  allowed = np.tril(np.ones((length, length), bool)) if causal else np.ones((length, length), bool)
+  for name in sorted(params, key=lambda s: int(s.removeprefix('block'))):
+    p = params[name]
+    a = p['attn']
+    y = _np_layer_norm(x, p['ln_1'])
+    q, k, v = (
+      y @ a[m]['kernel'].reshape(width, width) + a[m]['bias'].reshape(width) for m in ('query', 'key', 'value')
+    )
+    out = []
+    for h in range(heads):
+      sl = slice(h * hd, (h + 1) * hd)
+      logits = np.where(allowed, q[..., sl] @ k[..., sl].transpose(0, 2, 1) / np.sqrt(hd), -np.inf)
+      w = np.exp(logits - logits.max(-1, keepdims=True))
+      out.append(w / w.sum(-1, keepdims=True) @ v[..., sl])
+    x = x + np.concatenate(out, -1) @ a['out']['kernel'].reshape(width, width) + a['out']['bias']
+    y = _np_layer_norm(x, p['ln_2']) @ p['mlp']['fc']['kernel'] + p['mlp']['fc']['bias']
+    y = y / (1 + np.exp(-1.702 * y))
+    x = x + y @ p['mlp']['proj']['kernel'] + p['mlp']['proj']['bias']
+  return x
+
+
+def _perturbed(params, seed):
+  """Parameters plus noise, so that zero-initialised biases are checked too."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda p: p + 0.1 * rng.standard_normal(p.shape, np.float32), params)
+
+
+def test_text_tower_matches_numpy_float64_and_its_full_sequence_path():
+  vocab, length, width = 50, 8, 32
+  tower = models.TextTransformer(vocab, length, width, depth=2, heads=4, output_dim=16)
+  tokens = _tokens(jax.random.key(22), 5, length, vocab)
+  params = _perturbed(jax.jit(tower.init)(_key(23), tokens)['params'], 24)
+
+  def pooled(p):  # The training path: the last block computes the EOT row only.
+    return tower.apply({'params': p}, tokens)
+
+  def full(p):  # Asking for the token features runs every block on every row.
+    return tower.apply({'params': p}, tokens, mutable=['intermediates'])[0]
+
+  got, got_full = jax.jit(pooled)(params), jax.jit(full)(params)
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  tok = np.asarray(tokens)
+  x = p['token_embedding']['embedding'][tok] + p['positional_embedding'][:length]
+  x = _np_layer_norm(_np_transformer(x, p['transformer'], 4, causal=True), p['ln_final'])
+  ref = x[np.arange(len(tok)), tok.argmax(-1)] @ p['projection']['kernel']
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got_full, ref, rtol=1e-5, atol=1e-5)
+
+  # Same gradients as the full-sequence computation: the rows the last block skips do not
+  # reach the output.
+  def loss(fn):
+    return jax.jit(jax.grad(lambda q: jnp.sum(jnp.sin(fn(q)))))
+
+  grads, grads_full = jax.tree.leaves(loss(pooled)(params)), jax.tree.leaves(loss(full)(params))
+  scale = max(float(np.max(np.abs(g))) for g in grads_full)  # Key biases' gradients are 0 up to rounding.
+  for g, g_full in zip(grads, grads_full):
+    np.testing.assert_allclose(g, g_full, rtol=1e-5, atol=1e-6 * scale)
+
+
+def test_vit_matches_numpy_float64():
+  size, patch, width = 16, 8, 32
+  vit = models.VisionTransformer(image_size=size, patch_size=patch, width=width, depth=2, heads=4, output_dim=16)
+  x = _images(jax.random.key(25), 3, size)
+  params = _perturbed(jax.jit(vit.init)(_key(26), x)['params'], 27)
+  got = jax.jit(vit.apply)({'params': params}, x)
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  img = np.asarray(x, np.float64)
+  g = size // patch
+  patches = img.reshape(3, g, patch, g, patch, 3).transpose(0, 1, 3, 2, 4, 5).reshape(3, g * g, -1)
+  tokens = patches @ p['patch_embedding']['kernel'].reshape(-1, width)
+  cls = np.broadcast_to(p['class_embedding'], (3, 1, width))
+  seq = _np_layer_norm(np.concatenate([cls, tokens], 1) + p['positional_embedding'], p['ln_pre'])
+  seq = _np_transformer(seq, p['transformer'], 4, causal=False)
+  ref = _np_layer_norm(seq[:, 0], p['ln_post']) @ p['projection']['kernel']
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)

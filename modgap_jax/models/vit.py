@@ -67,7 +67,10 @@ class VisionTransformer(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (n, 1, self.width)), x], axis=1)
     pos = self.param('positional_embedding', nn.initializers.normal(scale), x.shape[1:], jnp.float32)
     x = layer_norm('ln_pre')(x + pos.astype(self.dtype)).astype(self.dtype)
-    x = Transformer(self.width, self.depth, self.heads, self.dtype, name='transformer')(x)
+    # Only the class token (row 0) is read out, so the last block computes that row alone.
+    x = Transformer(self.width, self.depth, self.heads, self.dtype, name='transformer')(
+      x, output_index=jnp.zeros((n,), jnp.int32)
+    )
     x = layer_norm('ln_post')(x[:, 0])
     return nn.Dense(
       self.output_dim,
