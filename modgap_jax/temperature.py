@@ -238,11 +238,9 @@ def tau_schedule_from_config(schedule_cfg: Any, total_steps: int) -> Callable[[A
 def spec_from_config(temperature_cfg: Any, total_steps: int) -> TemperatureSpec:
   """Builds a validated :class:`TemperatureSpec` from a ``config.temperature`` ConfigDict."""
   cfg = temperature_cfg
-  mode = check_choice("temperature.mode", cfg.get("mode", "learned"), MODES)
-  schedule = None
-  if mode == "scheduled":
-    if cfg.get("schedule", None) is None:
-      raise ConfigError("temperature.schedule is required when temperature.mode='scheduled'")
+  mode = cfg.get("mode", "learned")
+  schedule = None  # TemperatureSpec refuses mode='scheduled' without one
+  if mode == "scheduled" and cfg.get("schedule", None) is not None:
     schedule = tau_schedule_from_config(cfg.schedule, total_steps)
   cap = cfg.get("beta_cap", None)
   return TemperatureSpec(

@@ -224,27 +224,33 @@ def test_the_study_stops_cleanly_and_carries_on(tmp_path, digits_dir, monkeypatc
   assert results["complete"] and results["cells"][0]["seeds"] == [0]
 
 
+# A digits run through the entry point, small enough to compile and train in seconds.
+TINY_DIGITS_RUN = (
+  "--config=configs/default.py",
+  "--config.dataset.name=digits_captions",
+  "--config.dataset.zero_shot_label=label",
+  "--config.model.image_size=8",
+  "--config.model.resnet.layers=(1, 1)",
+  "--config.model.resnet.width=8",
+  "--config.model.text.width=16",
+  "--config.model.text.depth=1",
+  "--config.model.text.heads=2",
+  "--config.batch_size=64",
+  "--config.progress_bar=False",
+)
+
+
 def test_sigterm_through_the_entry_point_exits_0_with_the_resume_command(tmp_path, digits_dir):
   workdir = tmp_path / "run"
   cmd = [
     sys.executable,
     "-m",
     "experiments.main",
-    "--config=configs/default.py",
+    *TINY_DIGITS_RUN,
     f"--workdir={workdir}",
-    "--config.dataset.name=digits_captions",
-    "--config.dataset.zero_shot_label=label",
-    "--config.model.image_size=8",
-    "--config.model.resnet.layers=(1, 1)",
-    "--config.model.resnet.width=8",
-    "--config.model.text.width=16",
-    "--config.model.text.depth=1",
-    "--config.model.text.heads=2",
-    "--config.batch_size=64",
     "--config.num_steps=100000",
     "--config.log_every=1",
     "--config.checkpoint_every=1000",
-    "--config.progress_bar=False",
     f"--config.dataset.data_dir={digits_dir}",
   ]
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
@@ -432,16 +438,10 @@ def test_a_nonfinite_run_exits_3_with_one_line(tmp_path, digits_dir):
       sys.executable,
       "-m",
       "experiments.main",
-      D,
-      *DIGITS,
-      "--config.model.image_size=8",
-      "--config.model.resnet.layers=(1, 1)",
-      "--config.model.resnet.width=8",
-      "--config.batch_size=64",
+      *TINY_DIGITS_RUN,
       "--config.num_steps=5",
       "--config.optimizer.learning_rate=1e30",
       "--config.optimizer.warmup_epochs=0",
-      "--config.progress_bar=False",
       f"--config.dataset.data_dir={digits_dir}",
       f"--workdir={tmp_path / 'w'}",
     ],
@@ -475,21 +475,12 @@ def test_two_processes_match_one_process_with_as_many_devices(tmp_path, digits_d
   import socket
 
   flags = [
-    D,
-    *DIGITS,
-    "--config.model.image_size=8",
-    "--config.model.resnet.layers=(1, 1)",
-    "--config.model.resnet.width=8",
-    "--config.model.text.width=16",
-    "--config.model.text.depth=1",
-    "--config.model.text.heads=2",
-    "--config.batch_size=64",
+    *TINY_DIGITS_RUN,
     "--config.num_steps=20",
     "--config.log_every=1",
     "--config.eval_every=20",
     "--config.checkpoint_every=10",
     "--config.eval.linear_probe=False",
-    "--config.progress_bar=False",
     f"--config.dataset.data_dir={digits_dir}",
   ]
 

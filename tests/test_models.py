@@ -284,12 +284,13 @@ def _set(cfg, dotted, value):
 def test_invalid_config_raises_config_error(field, value):
   cfg = models.default_model_config()
   _set(cfg, field, value)
-  with pytest.raises(ConfigError) as info:
-    models.create_model(cfg, NU_INIT)
-  message = str(info.value)
-  assert '\n' not in message
-  name = 'image_size' if field == 'image_size' else field.split('.')[-1]
-  assert name in message
+  for check in (models.check_model_config, functools.partial(models.create_model, nu_init=NU_INIT)):
+    with pytest.raises(ConfigError) as info:
+      check(cfg)
+    message = str(info.value)
+    assert '\n' not in message
+    name = 'image_size' if field == 'image_size' else field.split('.')[-1]
+    assert name in message
 
 
 def test_invalid_vit_config_raises_config_error():

@@ -6,7 +6,15 @@
 - :mod:`clip`: the two-tower :class:`CLIP` module and :func:`create_model`.
 """
 
-from modgap_jax.models.clip import CLIP, Temperature, create_model, default_model_config, l2_normalize, rn50_config
+from modgap_jax.models.clip import (
+  CLIP,
+  Temperature,
+  check_model_config,
+  create_model,
+  default_model_config,
+  l2_normalize,
+  rn50_config,
+)
 from modgap_jax.models.resnet import AttentionPool2d, Bottleneck, ModifiedResNet, feature_map_size
 from modgap_jax.models.text import TextTransformer, Transformer
 from modgap_jax.models.vit import VisionTransformer
@@ -20,6 +28,7 @@ __all__ = [
   'TextTransformer',
   'Transformer',
   'VisionTransformer',
+  'check_model_config',
   'create_model',
   'default_model_config',
   'feature_map_size',

@@ -85,10 +85,10 @@ def _divisible(width_field: str, width: int, heads_field: str, heads: int) -> No
     raise ConfigError(f'{heads_field}={heads} must divide {width_field}={width}')
 
 
-def create_model(model_cfg: ml_collections.ConfigDict, nu_init: float) -> CLIP:
-  """Builds a :class:`CLIP` from a model config; raises ConfigError on a bad field.
+def check_model_config(model_cfg: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError, naming the field as ``model.<field>``, unless :func:`create_model` can build it.
 
-  Fields read (errors name them as ``model.<field>``):
+  Fields:
 
   - ``image_tower``: 'resnet' or 'vit'.
   - ``embed_dim``: joint embedding dimension.
@@ -104,64 +104,81 @@ def create_model(model_cfg: ml_collections.ConfigDict, nu_init: float) -> CLIP:
     ``vit.heads``.
   """
   cfg = model_cfg
-  dtype = DTYPES[check_choice('model.dtype', cfg.get('dtype', 'float32'), tuple(DTYPES))]
+  check_choice('model.dtype', cfg.get('dtype', 'float32'), tuple(DTYPES))
   tower = check_choice('model.image_tower', cfg.image_tower, IMAGE_TOWERS)
-  embed_dim = _positive_int('model.embed_dim', cfg.embed_dim)
-  image_size = _positive_int('model.image_size', cfg.image_size)
-
+  for field in ('embed_dim', 'image_size', 'vocab_size', 'context_length'):
+    _positive_int(f'model.{field}', cfg[field])
   if tower == 'resnet':
     r = cfg.resnet
-    layers = tuple(r.layers)
-    if not layers:
+    if not tuple(r.layers):
       raise ConfigError('model.resnet.layers=() is not valid; give at least one stage')
-    for i, blocks in enumerate(layers):
+    for i, blocks in enumerate(r.layers):
       _positive_int(f'model.resnet.layers[{i}]', blocks)
     width = _positive_int('model.resnet.width', r.width)
     if width % 2:
       raise ConfigError(f'model.resnet.width={width} is not valid; it must be even (the stem uses width/2)')
     heads = _positive_int('model.resnet.heads', r.heads)
-    _divisible('model.resnet.width*2**(stages-1)*4', width * 2 ** (len(layers) - 1) * 4, 'model.resnet.heads', heads)
-    norm = check_choice('model.resnet.norm', r.norm, NORMS)
-    feature_map_size(image_size, len(layers))
+    _divisible('model.resnet.width*2**(stages-1)*4', width * 2 ** (len(r.layers) - 1) * 4, 'model.resnet.heads', heads)
+    check_choice('model.resnet.norm', r.norm, NORMS)
+    feature_map_size(cfg.image_size, len(r.layers))
+  else:
+    v = cfg.vit
+    patch = _positive_int('model.vit.patch_size', v.patch_size)
+    if cfg.image_size % patch:
+      raise ConfigError(f'model.vit.patch_size={patch} must divide model.image_size={cfg.image_size}')
+    _positive_int('model.vit.depth', v.depth)
+    _divisible(
+      'model.vit.width',
+      _positive_int('model.vit.width', v.width),
+      'model.vit.heads',
+      _positive_int('model.vit.heads', v.heads),
+    )
+  t = cfg.text
+  _positive_int('model.text.depth', t.depth)
+  _divisible(
+    'model.text.width',
+    _positive_int('model.text.width', t.width),
+    'model.text.heads',
+    _positive_int('model.text.heads', t.heads),
+  )
+
+
+def create_model(model_cfg: ml_collections.ConfigDict, nu_init: float) -> CLIP:
+  """Builds a :class:`CLIP` from a model config that passes :func:`check_model_config` (checked here)."""
+  check_model_config(model_cfg)
+  cfg = model_cfg
+  dtype = DTYPES[cfg.get('dtype', 'float32')]
+  if cfg.image_tower == 'resnet':
+    r = cfg.resnet
     image = ModifiedResNet(
-      layers=layers,
-      output_dim=embed_dim,
-      heads=heads,
-      image_size=image_size,
-      width=width,
-      norm=norm,
+      layers=tuple(r.layers),
+      output_dim=cfg.embed_dim,
+      heads=r.heads,
+      image_size=cfg.image_size,
+      width=r.width,
+      norm=r.norm,
       axis_name=r.get('axis_name', None),
       dtype=dtype,
     )
   else:
     v = cfg.vit
-    patch = _positive_int('model.vit.patch_size', v.patch_size)
-    if image_size % patch:
-      raise ConfigError(f'model.vit.patch_size={patch} must divide model.image_size={image_size}')
-    vwidth = _positive_int('model.vit.width', v.width)
-    vheads = _positive_int('model.vit.heads', v.heads)
-    _divisible('model.vit.width', vwidth, 'model.vit.heads', vheads)
     image = VisionTransformer(
-      image_size=image_size,
-      patch_size=patch,
-      width=vwidth,
-      depth=_positive_int('model.vit.depth', v.depth),
-      heads=vheads,
-      output_dim=embed_dim,
+      image_size=cfg.image_size,
+      patch_size=v.patch_size,
+      width=v.width,
+      depth=v.depth,
+      heads=v.heads,
+      output_dim=cfg.embed_dim,
       dtype=dtype,
     )
-
   t = cfg.text
-  twidth = _positive_int('model.text.width', t.width)
-  theads = _positive_int('model.text.heads', t.heads)
-  _divisible('model.text.width', twidth, 'model.text.heads', theads)
   text = TextTransformer(
-    vocab_size=_positive_int('model.vocab_size', cfg.vocab_size),
-    context_length=_positive_int('model.context_length', cfg.context_length),
-    width=twidth,
-    depth=_positive_int('model.text.depth', t.depth),
-    heads=theads,
-    output_dim=embed_dim,
+    vocab_size=cfg.vocab_size,
+    context_length=cfg.context_length,
+    width=t.width,
+    depth=t.depth,
+    heads=t.heads,
+    output_dim=cfg.embed_dim,
     dtype=dtype,
   )
   return CLIP(image=image, text=text, nu_init=float(nu_init))

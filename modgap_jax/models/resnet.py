@@ -36,7 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from modgap_jax.errors import ConfigError, check_choice
+from modgap_jax.errors import ConfigError
 
 Dtype = Any
 NORMS = ('batch', 'group')
@@ -65,8 +65,7 @@ def feature_map_size(image_size: int, num_stages: int) -> int:
 def make_norm(
   kind: str, train: bool, axis_name: str | None, dtype: Dtype, zero_scale: bool = False, name: str | None = None
 ) -> nn.Module:
-  """Returns the norm layer for ``kind`` ('batch' or 'group')."""
-  check_choice('model.resnet.norm', kind, NORMS)
+  """Returns the norm layer for ``kind``, one of NORMS (checked by ``models.check_model_config``)."""
   # Two-pass variances throughout: E[x²]−E[x]² cancels badly on small groups, and the result
   # then depends on XLA's batch-size-dependent reduction order (3e-5 vs 9e-7 on embeddings).
   scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones

@@ -44,10 +44,6 @@ class VisionTransformer(nn.Module):
     del train  # No dropout or batch statistics; kept for the same signature as the ResNet.
     if images.shape[1:3] != (self.image_size, self.image_size):
       raise ConfigError(f'images are {images.shape[1]}x{images.shape[2]} but model.image_size={self.image_size}')
-    if self.image_size % self.patch_size:
-      raise ConfigError(
-        f'model.image_size={self.image_size} is not a multiple of model.vit.patch_size={self.patch_size}'
-      )
     # CLIP scales its class token, positional embedding and projection by width^-1/2.
     scale = self.width**-0.5
     p = self.patch_size

@@ -31,7 +31,7 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from modgap_jax.data.builders import base, files
+from modgap_jax.data.builders import files
 from modgap_jax.errors import ConfigError
 
 NAME = "coco_raw"
@@ -141,20 +141,10 @@ def read_splits(root: pathlib.Path, karpathy: pathlib.Path | None) -> dict[str, 
   return result
 
 
-class CocoRaw(base.OfflineBuilder):
+class CocoRaw(files.FileBuilder):
   """COCO 2017 captions from the official annotation files and image folders."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-
-  def __init__(self, *, config: files.FilesConfig | None = None, num_threads: int | None = None, **kwargs):
-    if config is None or config.options is None:
-      raise ConfigError(
-        "dataset='coco_raw' needs dataset.path, the COCO root; build it with "
-        "modgap_jax.data.load_examples('coco_raw', split, path=...)"
-      )
-    self._num_threads = num_threads
-    super().__init__(config=config, **kwargs)
+  PATH_HINT = "the COCO root"
 
   @classmethod
   def make_config(cls, options: files.FileOptions) -> files.FilesConfig:

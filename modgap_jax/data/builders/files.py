@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, ImageOps
 
+from modgap_jax.data.builders import base
 from modgap_jax.errors import ConfigError
 
 DEFAULT_STORE_SIZE = 256
@@ -191,3 +192,20 @@ def image_feature() -> tfds.features.Image:
 
 def caption_feature() -> tfds.features.Sequence:
   return tfds.features.Sequence(tfds.features.Text())
+
+
+class FileBuilder(base.OfflineBuilder, skip_registration=True):
+  """A builder of files under ``dataset.path``: one build per :class:`FilesConfig`, none without."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  PATH_HINT = "a folder"  # what dataset.path must name, for the error without one
+
+  def __init__(self, *, config: FilesConfig | None = None, num_threads: int | None = None, **kwargs):
+    if config is None or config.options is None:
+      raise ConfigError(
+        f"dataset={self.name!r} needs dataset.path, {self.PATH_HINT}; build it with "
+        f"modgap_jax.data.load_examples({self.name!r}, split, path=...)"
+      )
+    self._num_threads = num_threads
+    super().__init__(config=config, **kwargs)

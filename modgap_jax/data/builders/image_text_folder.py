@@ -34,7 +34,7 @@ import pathlib
 
 import tensorflow_datasets as tfds
 
-from modgap_jax.data.builders import base, files, splits
+from modgap_jax.data.builders import files, splits
 from modgap_jax.errors import ConfigError
 
 NAME = "image_text_folder"
@@ -149,20 +149,10 @@ def split_of(manifest: Manifest, test_fraction: float, split_seed: int) -> dict[
   return {name: images for name, images in result.items() if images}
 
 
-class ImageTextFolder(base.OfflineBuilder):
+class ImageTextFolder(files.FileBuilder):
   """Images with captions (and optional splits and labels) listed in ``captions.jsonl``."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-
-  def __init__(self, *, config: files.FilesConfig | None = None, num_threads: int | None = None, **kwargs):
-    if config is None or config.options is None:
-      raise ConfigError(
-        "dataset='image_text_folder' needs dataset.path, a folder with captions.jsonl; build it "
-        "with modgap_jax.data.load_examples('image_text_folder', split, path=...)"
-      )
-    self._num_threads = num_threads
-    super().__init__(config=config, **kwargs)
+  PATH_HINT = "a folder with captions.jsonl"
 
   @classmethod
   def make_config(cls, options: files.FileOptions) -> files.FilesConfig:
