@@ -107,11 +107,15 @@ def init_state(
   init_rng, state_rng = jax.random.split(rng)
   images = jnp.zeros((2, *image_shape), jnp.float32)
   tokens = jnp.zeros((2, context_length), jnp.int32)
-  lowered = jax.jit(functools.partial(model.init, train=False)).lower(init_rng, images, tokens)
-  # The initialiser runs once, so on a CPU XLA's backend optimisations only cost compile time:
-  # 6.3 of the default model's 8 s initialisation on 2 cores, 3.0 s without them.
-  options = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-  variables = lowered.compile(options if jax.default_backend() == "cpu" else None)(init_rng, images, tokens)
+  init = functools.partial(model.init, train=False)
+  if isinstance(rng, jax.core.Tracer):  # traced by a caller's transformation (vmap over inits)
+    variables = init(init_rng, images, tokens)
+  else:
+    # The initialiser runs once, so on a CPU XLA's backend optimisations only cost compile
+    # time: 6.3 of the default model's 8 s initialisation on 2 cores, 3.0 s without them.
+    options = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+    lowered = jax.jit(init).lower(init_rng, images, tokens)
+    variables = lowered.compile(options if jax.default_backend() == "cpu" else None)(init_rng, images, tokens)
   params = variables["params"]
   return TrainState(
     step=jnp.zeros([], jnp.int32),
