@@ -103,7 +103,7 @@ class TemperatureSpec:
     check_range("temperature.tau_init", self.tau_init, 0.0, None, low_inclusive=False)
     check_range("temperature.lr_multiplier", self.lr_multiplier, 0.0, None)
     if self.beta_cap is not None:
-      check_range("temperature.beta_cap", self.beta_cap, 0.0, None, low_inclusive=False)
+      check_beta_cap(self.beta_cap)
       if self.mode == "learned" and 1.0 / self.tau_init > self.beta_cap:
         raise ConfigError(
           f"temperature.tau_init={self.tau_init} gives β above temperature.beta_cap="
@@ -220,15 +220,29 @@ def route_temperature(
 SCHEDULE_KINDS = ("linear", "cosine")
 
 
+def check_schedule(kind: str, tau_start: float, tau_end: float) -> tuple[str, float, float]:
+  """Checks a τ schedule (kind ∈ SCHEDULE_KINDS, τ_start, τ_end > 0) for the trainer and the flow."""
+  return (
+    check_choice("temperature.schedule.kind", kind, SCHEDULE_KINDS),
+    check_range("temperature.schedule.tau_start", tau_start, 0.0, None, low_inclusive=False),
+    check_range("temperature.schedule.tau_end", tau_end, 0.0, None, low_inclusive=False),
+  )
+
+
+def check_beta_cap(beta_cap: float) -> float:
+  """Checks the cap on β (> 0), for the trainer and the flow."""
+  return check_range("temperature.beta_cap", beta_cap, 0.0, None, low_inclusive=False)
+
+
 def tau_schedule_from_config(schedule_cfg: Any, total_steps: int) -> Callable[[Any], Any]:
   """An optax schedule step ↦ τ from ``{kind, tau_start, tau_end}``, over ``total_steps``.
 
   MATH.md §4.1's S0–S3 are ``linear`` from 0.01 to {0.02, 0.03, 0.04, 0.05}, stepped per
   training step.
   """
-  kind = check_choice("temperature.schedule.kind", schedule_cfg.get("kind", "linear"), SCHEDULE_KINDS)
-  start = check_range("temperature.schedule.tau_start", float(schedule_cfg.tau_start), 0.0, None, low_inclusive=False)
-  end = check_range("temperature.schedule.tau_end", float(schedule_cfg.tau_end), 0.0, None, low_inclusive=False)
+  kind, start, end = check_schedule(
+    schedule_cfg.get("kind", "linear"), float(schedule_cfg.tau_start), float(schedule_cfg.tau_end)
+  )
   steps = max(int(total_steps), 1)
   if kind == "linear":
     return optax.linear_schedule(start, end, steps)

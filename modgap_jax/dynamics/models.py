@@ -39,7 +39,6 @@ MODELS = ("reduced", "parallel", "free")
 MODES = (*temperature_lib.MODES, "capped")
 INITS = ("matched", "mismatched", "uniform")
 REDUCED_RHS = ("closed_form", "autodiff")
-SCHEDULE_KINDS = ("linear", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,10 +79,8 @@ class FlowSpec:
     check_choice("model", self.model, MODELS)
     check_choice("temperature.mode", self.mode, MODES)
     check_range("temperature.lr_multiplier", self.rate, 0.0, None, low_inclusive=False)
-    check_range("temperature.beta_cap", self.beta_cap, 0.0, None, low_inclusive=False)
-    check_choice("temperature.schedule.kind", self.schedule_kind, SCHEDULE_KINDS)
-    check_range("temperature.schedule.tau_start", self.tau_start, 0.0, None, low_inclusive=False)
-    check_range("temperature.schedule.tau_end", self.tau_end, 0.0, None, low_inclusive=False)
+    temperature_lib.check_beta_cap(self.beta_cap)
+    temperature_lib.check_schedule(self.schedule_kind, self.tau_start, self.tau_end)
     check_range("temperature.schedule.t_end", self.schedule_time, 0.0, None, low_inclusive=False)
     check_choice("reduced_rhs", self.reduced_rhs, REDUCED_RHS)
 
