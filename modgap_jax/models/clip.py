@@ -126,21 +126,15 @@ def check_model_config(model_cfg: ml_collections.ConfigDict) -> None:
     patch = _positive_int('model.vit.patch_size', v.patch_size)
     if cfg.image_size % patch:
       raise ConfigError(f'model.vit.patch_size={patch} must divide model.image_size={cfg.image_size}')
-    _positive_int('model.vit.depth', v.depth)
-    _divisible(
-      'model.vit.width',
-      _positive_int('model.vit.width', v.width),
-      'model.vit.heads',
-      _positive_int('model.vit.heads', v.heads),
-    )
-  t = cfg.text
-  _positive_int('model.text.depth', t.depth)
-  _divisible(
-    'model.text.width',
-    _positive_int('model.text.width', t.width),
-    'model.text.heads',
-    _positive_int('model.text.heads', t.heads),
-  )
+    _check_transformer('model.vit', v)
+  _check_transformer('model.text', cfg.text)
+
+
+def _check_transformer(prefix: str, cfg: ml_collections.ConfigDict) -> None:
+  """A Transformer's ``depth``, ``width`` and ``heads``: positive, with heads dividing width."""
+  _positive_int(f'{prefix}.depth', cfg.depth)
+  width = _positive_int(f'{prefix}.width', cfg.width)
+  _divisible(f'{prefix}.width', width, f'{prefix}.heads', _positive_int(f'{prefix}.heads', cfg.heads))
 
 
 def create_model(model_cfg: ml_collections.ConfigDict, nu_init: float) -> CLIP:
