@@ -142,7 +142,7 @@ def convolve(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
   """The convolution of :class:`Conv2d`: x [n, h, w, c], HWIO kernel [k, k, c, o] → [n, h', w', o]."""
   k, pad = kernel.shape[0], kernel.shape[0] // 2
   if stride == 1 and min(x.shape[1:3]) < k:
-    return _tap_sum_conv(x, kernel, pad)
+    return _tap_sum_conv(x, kernel)
   if stride == 1 and k == 1:
     return x @ kernel[0, 0]
   return jax.lax.conv_general_dilated(
@@ -154,10 +154,11 @@ def convolve(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
   )
 
 
-def _tap_sum_conv(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
-  """Stride-1 convolution as Σ_{i,j} x̃[:, i:i+h, j:j+w] @ K[i, j] (see :class:`Conv2d`)."""
+def _tap_sum_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """Stride-1 convolution as Σ_{i,j} x̃[:, i:i+h', j:j+w'] @ K[i, j] (see :class:`Conv2d`)."""
   h, w = x.shape[1:3]
   k = kernel.shape[0]
+  pad = k // 2
   x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
   out_h, out_w = h + 2 * pad - k + 1, w + 2 * pad - k + 1
   taps = [x[:, i : i + out_h, j : j + out_w] @ kernel[i, j] for i in range(k) for j in range(k)]
