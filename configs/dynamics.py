@@ -42,16 +42,19 @@ def base_config() -> ConfigDict:
   config.batch = 4
   config.seed = 0
   # matched | mismatched | uniform; gamma0 for reduced/parallel, gap0 for free.
-  config.init = ConfigDict(dict(kind="matched", gamma0=0.3, gap0=0.3, tau0=0.07))
-  # mode: learned | fixed | scheduled | capped; lr_multiplier is the rate c on ν.
+  config.init = ConfigDict(dict(kind="matched", gamma0=0.3, gap0=0.3))
+  # The trainer's temperature fields, in flow time: mode learned | fixed | scheduled;
+  # lr_multiplier is the rate c on ν; tau_init is τ₀; beta_cap None (or 0) leaves a learned
+  # ν uncapped, the theorems' setting; the schedule runs over t ∈ [0, duration].
   config.temperature = ConfigDict(
     dict(
       reparam="exp",
       scale=2.0,
       mode="learned",
+      tau_init=0.07,
       lr_multiplier=1.0,
-      beta_cap=100.0,
-      schedule=dict(kind="linear", tau_start=0.01, tau_end=0.05, t_end=100.0),
+      beta_cap=0.0,
+      schedule=dict(kind="linear", tau_start=0.01, tau_end=0.05, duration=100.0),
     )
   )
   # grid: log (0, then num−1 points from t_min to t_max) | linear (num points on [0, t_max]).
@@ -76,7 +79,8 @@ def _figure2(config: ConfigDict) -> None:
   config.model = "free"
   # Seed 22's first trajectory (the one drawn) peaks at t ≈ 1.25 and is matched by t = 3.
   config.n, config.d, config.batch, config.seed = 5, 3, 8, 22
-  config.init.update(dict(kind="mismatched", gap0=0.2, tau0=0.3))
+  config.init.update(dict(kind="mismatched", gap0=0.2))
+  config.temperature.tau_init = 0.3
   config.time.update(dict(grid="linear", t_max=10.0, num=201))
   config.solver.update(dict(rtol=1e-8, atol=1e-10))
   config.analysis.update(dict(t_early=0.5))
@@ -97,7 +101,11 @@ def _lemma31(config: ConfigDict) -> None:
       softplus=dict(temperature=dict(reparam="softplus")),
       # u, v move and pairs rematch, so ℓ' changes sign: I is still conserved.
       parallel_uniform=dict(
-        model="parallel", n=16, init=dict(kind="uniform", gamma0=0.2, tau0=1.0), solver=dict(atol=1e-14)
+        model="parallel",
+        n=16,
+        init=dict(kind="uniform", gamma0=0.2),
+        temperature=dict(tau_init=1.0),
+        solver=dict(atol=1e-14),
       ),
     )
   )
@@ -112,7 +120,7 @@ def _theorem32(config: ConfigDict) -> None:
 def _theorem33(config: ConfigDict) -> None:
   config.model = "parallel"
   config.n, config.d, config.batch, config.seed = 8, 3, 100, 0
-  config.init.update(dict(kind="uniform", gamma0=0.2, tau0=0.07))
+  config.init.update(dict(kind="uniform", gamma0=0.2))
   config.time.update(dict(grid="linear", t_max=0.05, num=51))
   config.solver.update(dict(rtol=1e-8, atol=1e-12))
   config.analysis.update(dict(t_early=0.01))
@@ -131,7 +139,7 @@ def _reparams(config: ConfigDict) -> None:
       scheduled=dict(temperature=dict(mode="scheduled")),
       # A cap low enough to be reached by t = 1e6 (here at t ≈ 2e4; CLIP's 100 would be
       # reached only at t ≫ 1e10).
-      capped=dict(temperature=dict(mode="capped", beta_cap=30.0)),
+      capped=dict(temperature=dict(beta_cap=30.0)),
       exp_slrt=dict(temperature=dict(lr_multiplier=0.1)),
     )
   )

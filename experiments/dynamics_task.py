@@ -25,11 +25,10 @@ from absl import logging
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from modgap_jax import dynamics, run_io
+from modgap_jax import dynamics, run_io, temperature
 from modgap_jax.dynamics import analysis, checks
 from modgap_jax.errors import ConfigError
 from modgap_jax.plots import dynamics as plots
-from modgap_jax.temperature import Reparam
 
 NOTES = {
   "trajectory": (
@@ -43,7 +42,7 @@ NOTES = {
     "exp: (2/c) log β; exp_scaled: (2s²/c) log β; softplus: (2/c)[F(β) − F(1)] with "
     "F(b) = b²/2 − b/(e^b − 1) + (1 + b) log(1 − e^{−b}) − Li₂(e^{−b}) (the exact antiderivative; "
     "equal to quadrature to 1e-11). NaN for the free model, for fixed and scheduled τ (ν does not "
-    "follow the gradient), and where |γ| < 1e-200 (beyond float64). In capped mode, the same "
+    "follow the gradient), and where |γ| < 1e-200 (beyond float64). With a β cap, the same "
     "formula: conserved until β reaches the cap."
   ),
   "matched_frac": "Share of i whose nearest text (largest ⟨h^x_i, h^y_j⟩) is its own.",
@@ -86,17 +85,9 @@ def plan_runs(config: ConfigDict) -> list[tuple[str, ConfigDict]]:
 def build(config: ConfigDict) -> tuple[dynamics.FlowSpec, dynamics.InitSpec, np.ndarray]:
   """The validated flow, init and time grid of one run (ConfigError on a bad field)."""
   temp = config.temperature
-  schedule = temp.schedule
   spec = dynamics.FlowSpec(
     model=config.model,
-    reparam=Reparam(temp.reparam, float(temp.scale)),
-    mode=temp.mode,
-    rate=float(temp.lr_multiplier),
-    beta_cap=float(temp.beta_cap),
-    schedule_kind=schedule.kind,
-    tau_start=float(schedule.tau_start),
-    tau_end=float(schedule.tau_end),
-    schedule_time=float(schedule.t_end),
+    temperature=temperature.spec_from_config(temp, schedule_duration=float(temp.schedule.duration)),
     reduced_rhs=config.reduced_rhs,
   )
   init = dynamics.InitSpec(
@@ -105,7 +96,6 @@ def build(config: ConfigDict) -> tuple[dynamics.FlowSpec, dynamics.InitSpec, np.
     kind=config.init.kind,
     gamma0=float(config.init.gamma0),
     gap0=float(config.init.gap0),
-    tau0=float(config.init.tau0),
   )
   grid = dynamics.time_grid(config.time.grid, float(config.time.t_max), int(config.time.num), float(config.time.t_min))
   if int(config.batch) < 1:
@@ -158,7 +148,11 @@ def _figures(workdir: str, runs: list[dict], config: ConfigDict) -> list[str]:
   theorem_runs = [
     r
     for r in runs
-    if r["spec"].has_gamma and r["spec"].mode == "learned" and r["spec"].reparam.name == "exp" and r["spec"].rate == 1.0
+    if r["spec"].has_gamma
+    and r["spec"].learns_temperature
+    and not r["spec"].capped
+    and r["spec"].reparam.name == "exp"
+    and r["spec"].rate == 1.0
   ]
   theorem_runs = theorem_runs or [r for r in runs if r["spec"].has_gamma]
   gamma_runs = [
@@ -229,9 +223,10 @@ def run(config: ConfigDict, workdir: str) -> dict:
         model=spec.model,
         reparam=spec.reparam.name,
         scale=spec.reparam.scale,
-        mode=spec.mode,
+        mode=spec.temperature.mode,
         rate_c=spec.rate,
-        beta_cap=spec.beta_cap if spec.mode == "capped" else None,
+        beta_cap=spec.temperature.beta_cap if spec.capped else None,
+        tau_init=spec.temperature.tau_init,
         init=r["config"].init.to_dict(),
         n=r["init"].n,
         d=r["init"].d,

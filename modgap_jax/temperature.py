@@ -75,6 +75,42 @@ class Reparam:
     return self.nu(1.0 / jnp.asarray(tau))
 
 
+SCHEDULE_KINDS = ("linear", "cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class TauSchedule:
+  """τ as a function of time t: from ``tau_start`` to ``tau_end`` over [0, ``duration``], then constant.
+
+  With f = min(t/T, 1) for T = ``duration``:
+
+  - ``linear``: τ(t) = τ_s + (τ_e − τ_s) f (``optax.linear_schedule``);
+  - ``cosine``: τ(t) = τ_s + (τ_e − τ_s)(1 − cos πf)/2 (``optax.cosine_decay_schedule`` with
+    α = τ_e/τ_s).
+
+  The trainer calls it with the step count (T = the run's steps, MATH.md §4.1's TS); the flow
+  with continuous time (MATH.md §3.4). Frozen and hashable, so a spec holding it can be a jit
+  static argument.
+  """
+
+  kind: str = "linear"
+  tau_start: float = 0.01
+  tau_end: float = 0.05
+  duration: float = 1.0
+
+  def __post_init__(self):
+    check_choice("temperature.schedule.kind", self.kind, SCHEDULE_KINDS)
+    check_range("temperature.schedule.tau_start", self.tau_start, 0.0, None, low_inclusive=False)
+    check_range("temperature.schedule.tau_end", self.tau_end, 0.0, None, low_inclusive=False)
+    check_range("temperature.schedule.duration", self.duration, 0.0, None, low_inclusive=False)
+
+  def __call__(self, t):
+    """τ(t), for an integer step or a continuous time t ≥ 0."""
+    if self.kind == "linear":
+      return optax.linear_schedule(self.tau_start, self.tau_end, self.duration)(t)
+    return optax.cosine_decay_schedule(self.tau_start, self.duration, alpha=self.tau_end / self.tau_start)(t)
+
+
 @dataclasses.dataclass(frozen=True)
 class TemperatureSpec:
   """Everything that decides how ν moves.
@@ -87,8 +123,12 @@ class TemperatureSpec:
     lr_multiplier: the rate multiplier c on ν in ``learned`` mode.
     beta_cap: in ``learned`` mode, β is projected onto (0, beta_cap] after every update, as
       CLIP clamps its logit scale at log 100. None disables the cap.
-    tau_schedule: any optax schedule, step ↦ τ, for ``scheduled`` mode. After the k-th
-      update the leaf holds ν(τ_schedule(k)).
+    tau_schedule: a :class:`TauSchedule`, or any optax schedule step ↦ τ, for ``scheduled``
+      mode. After the k-th update the leaf holds ν(τ_schedule(k)).
+
+  The gradient flow (:class:`modgap_jax.dynamics.FlowSpec`) reads the same fields in
+  continuous time: ν̇ = −c ∂L/∂ν with c = ``lr_multiplier``, projected onto β ≤ ``beta_cap``;
+  ν fixed; or τ(t) = ``tau_schedule(t)``.
   """
 
   reparam: Reparam = Reparam()
@@ -103,7 +143,7 @@ class TemperatureSpec:
     check_range("temperature.tau_init", self.tau_init, 0.0, None, low_inclusive=False)
     check_range("temperature.lr_multiplier", self.lr_multiplier, 0.0, None)
     if self.beta_cap is not None:
-      check_beta_cap(self.beta_cap)
+      check_range("temperature.beta_cap", self.beta_cap, 0.0, None, low_inclusive=False)
       if self.mode == "learned" and 1.0 / self.tau_init > self.beta_cap:
         raise ConfigError(
           f"temperature.tau_init={self.tau_init} gives β above temperature.beta_cap="
@@ -217,45 +257,29 @@ def route_temperature(
 
 # --- configs --------------------------------------------------------------------------
 
-SCHEDULE_KINDS = ("linear", "cosine")
 
-
-def check_schedule(kind: str, tau_start: float, tau_end: float) -> tuple[str, float, float]:
-  """Checks a τ schedule (kind ∈ SCHEDULE_KINDS, τ_start, τ_end > 0) for the trainer and the flow."""
-  return (
-    check_choice("temperature.schedule.kind", kind, SCHEDULE_KINDS),
-    check_range("temperature.schedule.tau_start", tau_start, 0.0, None, low_inclusive=False),
-    check_range("temperature.schedule.tau_end", tau_end, 0.0, None, low_inclusive=False),
-  )
-
-
-def check_beta_cap(beta_cap: float) -> float:
-  """Checks the cap on β (> 0), for the trainer and the flow."""
-  return check_range("temperature.beta_cap", beta_cap, 0.0, None, low_inclusive=False)
-
-
-def tau_schedule_from_config(schedule_cfg: Any, total_steps: int) -> Callable[[Any], Any]:
-  """An optax schedule step ↦ τ from ``{kind, tau_start, tau_end}``, over ``total_steps``.
+def tau_schedule_from_config(schedule_cfg: Any, duration: float) -> TauSchedule:
+  """A :class:`TauSchedule` from ``{kind, tau_start, tau_end}``, over ``duration``.
 
   MATH.md §4.1's S0–S3 are ``linear`` from 0.01 to {0.02, 0.03, 0.04, 0.05}, stepped per
-  training step.
+  training step (``duration`` = the run's steps).
   """
-  kind, start, end = check_schedule(
-    schedule_cfg.get("kind", "linear"), float(schedule_cfg.tau_start), float(schedule_cfg.tau_end)
+  return TauSchedule(
+    schedule_cfg.get("kind", "linear"), float(schedule_cfg.tau_start), float(schedule_cfg.tau_end), duration
   )
-  steps = max(int(total_steps), 1)
-  if kind == "linear":
-    return optax.linear_schedule(start, end, steps)
-  return optax.cosine_decay_schedule(start, steps, alpha=end / start)
 
 
-def spec_from_config(temperature_cfg: Any, total_steps: int) -> TemperatureSpec:
-  """Builds a validated :class:`TemperatureSpec` from a ``config.temperature`` ConfigDict."""
+def spec_from_config(temperature_cfg: Any, schedule_duration: float) -> TemperatureSpec:
+  """Builds a validated :class:`TemperatureSpec` from a ``config.temperature`` ConfigDict.
+
+  ``schedule_duration`` is the τ schedule's T: the run's steps for the trainer, flow time for
+  the simulator. A ``beta_cap`` of None or 0 means no cap.
+  """
   cfg = temperature_cfg
   mode = cfg.get("mode", "learned")
   schedule = None  # TemperatureSpec refuses mode='scheduled' without one
   if mode == "scheduled" and cfg.get("schedule", None) is not None:
-    schedule = tau_schedule_from_config(cfg.schedule, total_steps)
+    schedule = tau_schedule_from_config(cfg.schedule, schedule_duration)
   cap = cfg.get("beta_cap", None)
   return TemperatureSpec(
     reparam=Reparam(cfg.get("reparam", "exp"), float(cfg.get("scale", 2.0))),

@@ -204,7 +204,7 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   check_choice("dataset.tokenizer", config.dataset.tokenizer, data.TOKENIZER_KINDS)
   check_choice("swap.method", config.swap.method, swap.SWAP_METHODS)
   check_range("swap.p", float(config.swap.p), 0.0, 1.0)
-  temperature.spec_from_config(config.temperature, total_steps=1)  # a spec checks its fields
+  temperature.spec_from_config(config.temperature, schedule_duration=1)  # a spec checks its fields
   models.check_model_config(config.model)
   check_choice("dataset.on_device", config.dataset.on_device, ON_DEVICE_CHOICES)
   resident.Augment(config.dataset.augment_min_scale)

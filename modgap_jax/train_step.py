@@ -91,7 +91,7 @@ def make_optimizer(
   (to log the rate); built here otherwise.
   """
   opt = config.optimizer
-  spec = temperature.spec_from_config(config.temperature, total_steps)
+  spec = temperature.spec_from_config(config.temperature, schedule_duration=max(int(total_steps), 1))
   lr = schedule if schedule is not None else learning_rate_schedule(opt, total_steps, warmup_steps)
   rest = optax.adamw(lr, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=decay_mask)
   if opt.get("grad_clip_norm", None):

@@ -22,10 +22,16 @@ from scipy import integrate, special
 from modgap_jax import dynamics, losses, metrics
 from modgap_jax.dynamics import analysis
 from modgap_jax.errors import ConfigError
-from modgap_jax.temperature import Reparam
+from modgap_jax.temperature import Reparam, TauSchedule, TemperatureSpec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPARAMS = (Reparam("exp"), Reparam("exp_scaled", 2.0), Reparam("softplus"))
+
+
+def flow(model="reduced", reparam=Reparam("exp"), rate=1.0, tau0=0.07, reduced_rhs="closed_form", **temperature):
+  """A FlowSpec whose temperature is uncapped unless ``temperature`` says otherwise."""
+  fields = dict(reparam=reparam, tau_init=tau0, lr_multiplier=rate, beta_cap=None, **temperature)
+  return dynamics.FlowSpec(model=model, temperature=TemperatureSpec(**fields), reduced_rhs=reduced_rhs)
 
 
 def _load_config_module():
@@ -113,10 +119,10 @@ def test_training_loss_and_gap_in_float64():
 
 @pytest.mark.parametrize("kind", ["matched", "uniform"])
 def test_reduced_rhs_closed_form_numpy_and_autodiff_agree(kind):
-  init = dynamics.InitSpec(n=6, d=5, kind=kind, gamma0=0.4, tau0=0.2)
+  init = dynamics.InitSpec(n=6, d=5, kind=kind, gamma0=0.4)
   for reparam in REPARAMS:
-    closed = dynamics.FlowSpec(model="reduced", reparam=reparam, rate=0.3, reduced_rhs="closed_form")
-    auto = dynamics.FlowSpec(model="reduced", reparam=reparam, rate=0.3, reduced_rhs="autodiff")
+    closed = flow("reduced", reparam, rate=0.3, tau0=0.2, reduced_rhs="closed_form")
+    auto = flow("reduced", reparam, rate=0.3, tau0=0.2, reduced_rhs="autodiff")
     state0, data = _reduced_batch(closed, init, 1)
     state, data = _at(state0, 0), _at(data, 0)
     s = np.asarray(data["u"]) @ np.asarray(data["v"]).T
@@ -137,8 +143,8 @@ def test_reduced_rhs_closed_form_numpy_and_autodiff_agree(kind):
 
 @pytest.mark.parametrize("model", ["parallel", "free"])
 def test_flow_is_minus_gradient_by_central_differences(model):
-  spec = dynamics.FlowSpec(model=model, reparam=Reparam("softplus"), rate=0.5)
-  init = dynamics.InitSpec(n=5, d=4, kind="uniform", gamma0=0.3, gap0=0.5, tau0=0.3)
+  spec = flow(model, Reparam("softplus"), rate=0.5, tau0=0.3)
+  init = dynamics.InitSpec(n=5, d=4, kind="uniform", gamma0=0.3, gap0=0.5)
   state0, data = _reduced_batch(spec, init, 1, seed=3)
   state, data = _at(state0, 0), _at(data, 0)
   with jax.enable_x64(True):
@@ -166,8 +172,8 @@ def test_flow_is_minus_gradient_by_central_differences(model):
 
 @pytest.mark.parametrize("reparam", [Reparam("exp"), Reparam("softplus")], ids=["exp", "softplus"])
 def test_reduced_trajectory_matches_solve_ivp(reparam):
-  spec = dynamics.FlowSpec(model="reduced", reparam=reparam, rate=0.5)
-  init = dynamics.InitSpec(n=6, d=6, kind="matched", gamma0=0.3, tau0=0.1)
+  spec = flow("reduced", reparam, rate=0.5, tau0=0.1)
+  init = dynamics.InitSpec(n=6, d=6, kind="matched", gamma0=0.3)
   state0, data = _reduced_batch(spec, init, 2, seed=4)
   t = dynamics.time_grid("log", 1e3, 31, t_min=1e-2)
   records, _ = dynamics.simulate(spec, state0, data, t, rtol=1e-11, atol=1e-300)
@@ -198,8 +204,8 @@ def test_temperature_integral_matches_quadrature():
 
 @pytest.mark.parametrize("reparam", REPARAMS, ids=lambda r: r.name)
 def test_lemma31_invariant_is_conserved(reparam):
-  spec = dynamics.FlowSpec(model="reduced", reparam=reparam, rate=0.7)
-  init = dynamics.InitSpec(n=8, d=8, kind="matched", gamma0=0.3, tau0=0.07)
+  spec = flow("reduced", reparam, rate=0.7)
+  init = dynamics.InitSpec(n=8, d=8, kind="matched", gamma0=0.3)
   state0, data = _reduced_batch(spec, init, 2)
   records, _ = dynamics.simulate(spec, state0, data, dynamics.time_grid("log", 1e4, 41), rtol=1e-10, atol=1e-300)
   # The written invariant is MATH.md §3.3's I, recomputed here from (γ, β) alone.
@@ -218,8 +224,8 @@ def test_lemma31_invariant_is_conserved(reparam):
 
 
 def test_lemma31_holds_with_moving_features():
-  spec = dynamics.FlowSpec(model="parallel", reparam=Reparam("exp"))
-  init = dynamics.InitSpec(n=8, d=5, kind="uniform", gamma0=0.2, tau0=1.0)
+  spec = flow("parallel", tau0=1.0)
+  init = dynamics.InitSpec(n=8, d=5, kind="uniform", gamma0=0.2)
   state0, data = _reduced_batch(spec, init, 2)
   records, _ = dynamics.simulate(spec, state0, data, dynamics.time_grid("log", 1e3, 31), rtol=1e-10, atol=1e-14)
   assert analysis.invariant_drift(records["invariant"]) < 1e-4
@@ -228,8 +234,8 @@ def test_lemma31_holds_with_moving_features():
 
 
 def test_theorem32_slow_closure_for_exp():
-  spec = dynamics.FlowSpec(model="reduced", reparam=Reparam("exp"))
-  init = dynamics.InitSpec(n=8, d=8, kind="matched", gamma0=0.3, tau0=0.07)
+  spec = flow("reduced")
+  init = dynamics.InitSpec(n=8, d=8, kind="matched", gamma0=0.3)
   state0, data = _reduced_batch(spec, init, 2)
   records, _ = dynamics.simulate(spec, state0, data, dynamics.time_grid("log", 1e6, 91), rtol=1e-10, atol=1e-300)
   out = analysis.theorem32(records["t"], records["beta"], records["gamma"], 1.0, 1e4, 1e6)
@@ -241,8 +247,8 @@ def test_theorem32_slow_closure_for_exp():
 
 
 def test_fixed_tau_decays_exponentially_at_the_closed_form_rate():
-  spec = dynamics.FlowSpec(model="reduced", reparam=Reparam("exp"), mode="fixed")
-  init = dynamics.InitSpec(n=6, d=6, kind="matched", gamma0=0.3, tau0=0.2)
+  spec = flow("reduced", tau0=0.2, mode="fixed")
+  init = dynamics.InitSpec(n=6, d=6, kind="matched", gamma0=0.3)
   state0, data = _reduced_batch(spec, init, 1)
   records, _ = dynamics.simulate(spec, state0, data, dynamics.time_grid("linear", 200.0, 41), rtol=1e-10, atol=1e-300)
   assert np.all(records["beta"] == 5.0) and np.all(np.isnan(records["invariant"]))
@@ -254,8 +260,8 @@ def test_fixed_tau_decays_exponentially_at_the_closed_form_rate():
 
 
 def test_capped_beta_stops_at_the_cap_and_gamma_keeps_decaying():
-  spec = dynamics.FlowSpec(model="reduced", reparam=Reparam("exp"), mode="capped", beta_cap=20.0)
-  init = dynamics.InitSpec(n=8, d=8, kind="matched", gamma0=0.3, tau0=0.07)
+  spec = dynamics.FlowSpec(model="reduced", temperature=TemperatureSpec(Reparam("exp"), tau_init=0.07, beta_cap=20.0))
+  init = dynamics.InitSpec(n=8, d=8, kind="matched", gamma0=0.3)
   state0, data = _reduced_batch(spec, init, 1)
   records, _ = dynamics.simulate(spec, state0, data, dynamics.time_grid("log", 1e5, 51), rtol=1e-10, atol=1e-300)
   assert records["beta"].max() <= 20.0 * (1 + 1e-5)
@@ -265,7 +271,7 @@ def test_capped_beta_stops_at_the_cap_and_gamma_keeps_decaying():
 
 
 def test_scheduled_tau_follows_the_schedule():
-  spec = dynamics.FlowSpec(model="reduced", mode="scheduled", tau_start=0.02, tau_end=0.05, schedule_time=10.0)
+  spec = flow("reduced", mode="scheduled", tau_schedule=TauSchedule("linear", 0.02, 0.05, duration=10.0))
   init = dynamics.InitSpec(n=4, d=4, kind="matched")
   state0, data = _reduced_batch(spec, init, 1)
   t = dynamics.time_grid("linear", 20.0, 21)
@@ -275,8 +281,8 @@ def test_scheduled_tau_follows_the_schedule():
 
 
 def test_theorem33_gap_grows_from_uniform_inits():
-  spec = dynamics.FlowSpec(model="parallel", reparam=Reparam("exp"))
-  init = dynamics.InitSpec(n=8, d=3, kind="uniform", gamma0=0.2, tau0=0.07)
+  spec = flow("parallel")
+  init = dynamics.InitSpec(n=8, d=3, kind="uniform", gamma0=0.2)
   state0, data = _reduced_batch(spec, init, 100)
   records, _ = dynamics.simulate(spec, state0, data, dynamics.time_grid("linear", 0.01, 3), rtol=1e-8, atol=1e-12)
   rise = analysis.gap_rise(records["t"], records["gap"], 0.01)
@@ -306,7 +312,15 @@ def test_initial_states():
 
 def test_bad_inputs_are_one_line_config_errors():
   with pytest.raises(ConfigError, match="temperature.mode"):
-    dynamics.FlowSpec(mode="sometimes")
+    flow(mode="sometimes")
+  with pytest.raises(ConfigError, match="model='ring'"):
+    flow("ring")
+  with pytest.raises(ConfigError, match="lr_multiplier=0 .*mode='fixed'"):
+    flow(rate=0.0)
+  with pytest.raises(ConfigError, match="tau_init=0.07 gives β above temperature.beta_cap=10"):
+    dynamics.FlowSpec(temperature=TemperatureSpec(beta_cap=10.0))
+  with pytest.raises(ConfigError, match="temperature.schedule.duration"):
+    TauSchedule(duration=0.0)
   with pytest.raises(ConfigError, match="init.kind"):
     dynamics.InitSpec(kind="paired")
   with pytest.raises(ConfigError, match="figure2"):

@@ -115,11 +115,25 @@ def test_no_weight_decay_on_nu():
   assert np.all(params["w"] < 1.0)
 
 
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_tau_schedule_matches_its_formula_on_steps_and_continuous_time(kind):
+  def want(t):  # MATH.md §4.1: τ_s + (τ_e − τ_s)·shape(min(t/T, 1)), T = 40
+    frac = np.minimum(np.asarray(t, np.float64) / 40.0, 1.0)
+    return 0.01 + 0.04 * (frac if kind == "linear" else (1.0 - np.cos(np.pi * frac)) / 2.0)
+
+  schedule = temperature.TauSchedule(kind, 0.01, 0.05, duration=40)
+  times = np.array([0.0, 0.5, 7.0, 13.25, 39.0, 40.0, 55.0])  # the flow's continuous time
+  np.testing.assert_allclose(np.asarray(schedule(jnp.asarray(times))), want(times), rtol=1e-6)
+  steps = np.arange(50)  # the trainer's int32 optimizer count
+  np.testing.assert_allclose(np.asarray(schedule(jnp.asarray(steps, jnp.int32))), want(steps), rtol=1e-6)
+  assert hash(schedule) == hash(temperature.TauSchedule(kind, 0.01, 0.05, duration=40))  # a jit static arg
+
+
 def test_spec_from_config_and_errors():
   cfg = ml_collections.ConfigDict(
     {"mode": "scheduled", "reparam": "exp", "schedule": {"kind": "linear", "tau_start": 0.01, "tau_end": 0.05}}
   )
-  spec = temperature.spec_from_config(cfg, total_steps=100)
+  spec = temperature.spec_from_config(cfg, schedule_duration=100)
   np.testing.assert_allclose(spec.tau_schedule(50), 0.03, rtol=1e-6)
   with pytest.raises(ConfigError, match="temperature.mode='warm'.*'learned', 'fixed', 'scheduled'"):
     temperature.spec_from_config(ml_collections.ConfigDict({"mode": "warm"}), 10)

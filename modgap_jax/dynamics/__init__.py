@@ -2,8 +2,9 @@
 
 ``from modgap_jax import dynamics``, then:
 
-    spec = dynamics.FlowSpec(model="reduced", reparam=Reparam("exp"), mode="learned", rate=1.0)
-    init = dynamics.InitSpec(n=8, d=8, kind="matched", gamma0=0.3, tau0=0.07)
+    temperature = TemperatureSpec(Reparam("exp"), mode="learned", tau_init=0.07, beta_cap=None)
+    spec = dynamics.FlowSpec(model="reduced", temperature=temperature)
+    init = dynamics.InitSpec(n=8, d=8, kind="matched", gamma0=0.3)
     state0, data = dynamics.initial_states(spec, init, jax.random.PRNGKey(0), batch=4)
     records, states = dynamics.simulate(spec, state0, data, dynamics.time_grid("log", 1e6, 200))
     dynamics.analysis.invariant_drift(records["invariant"])
@@ -31,7 +32,6 @@ from modgap_jax.dynamics.integrate import (
 from modgap_jax.dynamics.models import (
   INITS,
   MODELS,
-  MODES,
   FlowSpec,
   InitSpec,
   features,
@@ -44,7 +44,6 @@ from modgap_jax.dynamics.models import (
   parallel_features,
   reduced_dloss_dkappa,
   reduced_velocity_closed_form,
-  scheduled_tau,
   velocity,
 )
 
@@ -53,7 +52,6 @@ __all__ = [
   "GAMMA_FLOOR",
   "INITS",
   "MODELS",
-  "MODES",
   "TRAJECTORY_KEYS",
   "FlowSpec",
   "InitSpec",
@@ -70,7 +68,6 @@ __all__ = [
   "parallel_features",
   "reduced_dloss_dkappa",
   "reduced_velocity_closed_form",
-  "scheduled_tau",
   "simulate",
   "temperature_integral",
   "time_grid",

@@ -1,10 +1,12 @@
-"""The checks a simulated flow is held to, chosen by its own :class:`FlowSpec` (mode and
-reparameterisation), never by a preset's run names (MATH.md §3.3–3.5).
+"""The checks a simulated flow is held to, chosen by its own :class:`FlowSpec` (temperature
+mode, cap and reparameterisation), never by a preset's run names (MATH.md §3.3–3.5).
 
 :func:`check_run` gives one run's verification numbers; :func:`findings` compares runs.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 from ml_collections import ConfigDict
@@ -55,9 +57,9 @@ def check_run(config: ConfigDict, spec: FlowSpec, records: dict, gap_rate0: np.n
     "gap_rise": {k: v for k, v in analysis.gap_rise(records["t"], records["gap"], cfg.t_early).items() if k != "rises"},
   }
   if spec.has_gamma and spec.learns_temperature:
-    if spec.mode == "capped":
+    if spec.capped:
       # Lemma 3.1 holds until β reaches the cap; from then on ν is frozen and I falls.
-      before = records["beta"] < spec.beta_cap * (1 - 1e-9)
+      before = records["beta"] < spec.temperature.beta_cap * (1 - 1e-9)
       out["invariant_drift_before_cap"] = analysis.invariant_drift(np.where(before, records["invariant"], np.nan))
     else:
       out["invariant_drift"] = analysis.invariant_drift(records["invariant"])
@@ -66,23 +68,24 @@ def check_run(config: ConfigDict, spec: FlowSpec, records: dict, gap_rate0: np.n
   if not spec.has_gamma:
     return out
   gamma, beta = records["gamma"], records["beta"]
-  if spec.mode == "learned" and _window_ok(t, cfg.window):
+  mode = spec.temperature.mode
+  if _free_learned(spec) and _window_ok(t, cfg.window):
     if spec.reparam.name == "exp":
       out["theorem32"] = analysis.theorem32(records["t"], beta, gamma, spec.rate, *cfg.window)
     if spec.reparam.name == "softplus":
       out["softplus_rate"] = analysis.softplus_rate(records["t"], beta, gamma, spec.rate, *cfg.window)
   edges = [e for e in cfg.exponent_edges if t[1] <= e <= t[-1]]
-  if spec.mode in ("learned", "capped") and len(edges) >= 2:
+  if spec.learns_temperature and len(edges) >= 2:
     out["local_exponents"] = {
       "edges": edges,
       "dlog_gamma_dloglog_t": analysis.local_exponents(records["t"], gamma, edges),
       "dlog_gamma_dlog_t": analysis.local_power_of_t(records["t"], gamma, edges),
     }
-  if spec.mode == "fixed" and _window_ok(t, cfg.decay_window):
+  if mode == "fixed" and _window_ok(t, cfg.decay_window):
     out["exponential_decay"] = analysis.exponential_decay(records["t"], gamma, *cfg.decay_window)
-  if spec.mode == "capped" and _window_ok(t, cfg.window):
-    out["capped"] = analysis.capped_regime(records["t"], beta, gamma, spec.beta_cap, *cfg.window)
-  if spec.mode == "scheduled" and _window_ok(t, cfg.window):
+  if spec.capped and _window_ok(t, cfg.window):
+    out["capped"] = analysis.capped_regime(records["t"], beta, gamma, spec.temperature.beta_cap, *cfg.window)
+  if mode == "scheduled" and _window_ok(t, cfg.window):
     out["exponential_decay"] = analysis.exponential_decay(records["t"], gamma, *cfg.window)
   return out
 
@@ -99,22 +102,23 @@ def _asymptotic_exponent(spec: FlowSpec) -> float | None:
   return None
 
 
-def _first(runs: list[dict], **wanted) -> dict | None:
-  """The first run whose flow spec has the wanted mode and reparameterisation."""
-  for r in runs:
-    spec = r["spec"]
-    if all(getattr(spec, k) == v if k != "reparam" else spec.reparam.name == v for k, v in wanted.items()):
-      return r
-  return None
+def _first(runs: list[dict], wanted: Callable[[FlowSpec], bool]) -> dict | None:
+  """The first run whose flow spec is ``wanted``."""
+  return next((r for r in runs if wanted(r["spec"])), None)
+
+
+def _free_learned(spec: FlowSpec) -> bool:
+  """ν follows the gradient, with no cap: the setting of Lemma 3.1 and Theorem 3.2."""
+  return spec.learns_temperature and not spec.capped
 
 
 def findings(runs: list[dict]) -> dict:
   """Cross-run comparisons (the ``reparams`` preset's questions), from the per-run checks.
 
-  Runs are picked by their flow spec (mode, reparameterisation), not by their names.
+  Runs are picked by their flow spec (mode, cap, reparameterisation), not by their names.
   """
   out = {}
-  learned = [r for r in runs if r["spec"].mode == "learned" and "local_exponents" in r["checks"]]
+  learned = [r for r in runs if _free_learned(r["spec"]) and "local_exponents" in r["checks"]]
   if len(learned) > 1:
     out["local_exponents_by_run"] = {
       r["name"]: {
@@ -124,8 +128,8 @@ def findings(runs: list[dict]) -> dict:
       }
       for r in learned
     }
-  exp_run = _first(learned, mode="learned", reparam="exp")
-  soft_run = _first([r for r in runs if r["spec"].mode == "learned"], reparam="softplus")
+  exp_run = _first(learned, lambda s: s.reparam.name == "exp")
+  soft_run = _first(runs, lambda s: _free_learned(s) and s.reparam.name == "softplus")
   if exp_run and soft_run and "local_exponents" in soft_run["checks"]:
     e = exp_run["checks"]["local_exponents"]["dlog_gamma_dloglog_t"]
     s = soft_run["checks"]["local_exponents"]["dlog_gamma_dloglog_t"]
@@ -138,10 +142,10 @@ def findings(runs: list[dict]) -> dict:
     }
   if soft_run and "softplus_rate" in soft_run["checks"]:
     out["softplus_rate_verdict"] = analysis.softplus_rate_verdict(soft_run["checks"]["softplus_rate"])
-  fixed_run = _first(runs, mode="fixed")
+  fixed_run = _first(runs, lambda s: s.temperature.mode == "fixed")
   if fixed_run and "exponential_decay" in fixed_run["checks"]:
     out["fixed_tau_exponential"] = fixed_run["checks"]["exponential_decay"]
-  capped_run = _first(runs, mode="capped")
+  capped_run = _first(runs, lambda s: s.capped)
   if capped_run and "capped" in capped_run["checks"]:
     out["capped_saturated_regime"] = capped_run["checks"]["capped"]
   return out

@@ -84,8 +84,8 @@ def record(spec: models.FlowSpec, state: dict, t: jax.Array, data: dict) -> dict
   """The per-time quantities of one state (all scalars; ``t`` excluded).
 
   ``gamma`` is NaN for the free model. ``invariant`` is I of Lemma 3.1 where ν follows the
-  gradient (``learned``, and ``capped`` where it is conserved until β reaches the cap and
-  then falls); it is NaN for the free model and for ``fixed`` and ``scheduled`` τ, where ν
+  gradient (``learned``; with a β cap it is conserved until β reaches the cap, and then
+  falls); it is NaN for the free model and for ``fixed`` and ``scheduled`` τ, where ν
   does not follow the gradient (β is imposed, dβ/dt ≠ c-scaled gradient, so no conserved
   quantity of that form exists; γ then simply decays, exponentially for fixed τ). It is
   also NaN where |γ| < ``GAMMA_FLOOR``, out of float64's reach.

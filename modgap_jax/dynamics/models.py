@@ -29,14 +29,10 @@ import jax
 import jax.numpy as jnp
 
 from modgap_jax import losses, numerics
-from modgap_jax import temperature as temperature_lib
 from modgap_jax.errors import ConfigError, check_choice, check_range
-from modgap_jax.temperature import Reparam
+from modgap_jax.temperature import TemperatureSpec
 
 MODELS = ("reduced", "parallel", "free")
-# The trainer's temperature modes (modgap_jax.temperature.MODES), plus the β cap as a mode of
-# its own: in continuous time the cap is a projection of the flow, not an optimizer step.
-MODES = (*temperature_lib.MODES, "capped")
 INITS = ("matched", "mismatched", "uniform")
 REDUCED_RHS = ("closed_form", "autodiff")
 
@@ -47,42 +43,41 @@ class FlowSpec:
 
   Attributes:
     model: ``reduced``, ``parallel`` or ``free``.
-    reparam: the β(ν) map (MATH.md §1).
-    mode: how ν moves.
-      - ``learned``: ν̇ = −c ∂L/∂ν.
-      - ``fixed``: ν̇ = 0.
-      - ``scheduled``: τ(t) is a given function of time (see ``schedule_*``); the state's ν
-        is ignored and ν̇ = 0 there, and the recorded ν is ν(1/τ(t)).
-      - ``capped``: learned, projected onto β ≤ ``beta_cap``: ν̇ = 0 whenever β ≥ cap and the
-        free ν̇ > 0 (MATH.md §3.4, CLIP's clamp at 100 in continuous time).
-    rate: the multiplier c on ν's rate (MATH.md §3.2; 0.1 is the paper's SLRT).
-    beta_cap: the cap on β in ``capped`` mode.
-    schedule_kind: ``linear`` or ``cosine`` from ``tau_start`` to ``tau_end`` over
-      [0, ``schedule_time``], constant afterwards (``scheduled`` mode).
-    tau_start, tau_end, schedule_time: the schedule's end points, in flow time units.
+    temperature: the trainer's temperature spec, read in continuous time (MATH.md §3.2):
+      - ``reparam``: the β(ν) map (MATH.md §1);
+      - ``mode='learned'``: ν̇ = −c ∂L/∂ν with c = ``lr_multiplier`` (0.1 is the paper's
+        SLRT); with a ``beta_cap``, projected onto β ≤ cap: ν̇ = 0 whenever β ≥ cap and the
+        free ν̇ > 0 (MATH.md §3.4, CLIP's clamp at 100 in continuous time);
+      - ``mode='fixed'``: ν̇ = 0;
+      - ``mode='scheduled'``: τ(t) = ``tau_schedule(t)`` (a :class:`temperature.TauSchedule`
+        over flow time); the state's ν is ignored and ν̇ = 0 there, and the recorded ν is
+        ν(1/τ(t));
+      - ``tau_init``: τ₀, so ν₀ = ν(1/τ₀) (``scheduled``: τ(0)).
+      The default is uncapped, the theorems' setting.
     reduced_rhs: ``closed_form`` (MATH.md §3.2's ℓ'(κ)) or ``autodiff`` (−∇ of clip_loss on the
       parallel features); reduced model only.
   """
 
   model: str = "reduced"
-  reparam: Reparam = Reparam()
-  mode: str = "learned"
-  rate: float = 1.0
-  beta_cap: float = 100.0
-  schedule_kind: str = "linear"
-  tau_start: float = 0.01
-  tau_end: float = 0.05
-  schedule_time: float = 100.0
+  temperature: TemperatureSpec = TemperatureSpec(beta_cap=None)
   reduced_rhs: str = "closed_form"
 
   def __post_init__(self):
     check_choice("model", self.model, MODELS)
-    check_choice("temperature.mode", self.mode, MODES)
-    check_range("temperature.lr_multiplier", self.rate, 0.0, None, low_inclusive=False)
-    temperature_lib.check_beta_cap(self.beta_cap)
-    temperature_lib.check_schedule(self.schedule_kind, self.tau_start, self.tau_end)
-    check_range("temperature.schedule.t_end", self.schedule_time, 0.0, None, low_inclusive=False)
     check_choice("reduced_rhs", self.reduced_rhs, REDUCED_RHS)
+    if self.learns_temperature and self.temperature.lr_multiplier == 0:
+      # Lemma 3.1's G(β) = ∫ 2b/(c β′²) db divides by c; a frozen ν is mode 'fixed'.
+      raise ConfigError("temperature.lr_multiplier=0 freezes a learned flow's ν; use temperature.mode='fixed'")
+
+  @property
+  def reparam(self):
+    """The β(ν) map, ``temperature.reparam``."""
+    return self.temperature.reparam
+
+  @property
+  def rate(self) -> float:
+    """The rate multiplier c on ν (``temperature.lr_multiplier``)."""
+    return self.temperature.lr_multiplier
 
   @property
   def has_gamma(self) -> bool:
@@ -92,45 +87,39 @@ class FlowSpec:
   @property
   def learns_temperature(self) -> bool:
     """Whether ν follows the gradient (so that Lemma 3.1 applies, up to a cap)."""
-    return self.mode in ("learned", "capped")
+    return self.temperature.mode == "learned"
+
+  @property
+  def capped(self) -> bool:
+    """Whether a learned ν is projected onto β ≤ ``temperature.beta_cap``."""
+    return self.learns_temperature and self.temperature.beta_cap is not None
 
 
 # --- temperature ----------------------------------------------------------------------
 
 
-def scheduled_tau(spec: FlowSpec, t: jax.Array) -> jax.Array:
-  """τ(t): ``linear`` or ``cosine`` from tau_start to tau_end over [0, T], then constant.
-
-  The continuous-time version of ``temperature.tau_schedule_from_config`` (MATH.md §4.1 TS).
-  """
-  frac = jnp.clip(t / spec.schedule_time, 0.0, 1.0)
-  if spec.schedule_kind == "cosine":
-    frac = 0.5 * (1.0 - jnp.cos(jnp.pi * frac))
-  return spec.tau_start + (spec.tau_end - spec.tau_start) * frac
-
-
 def beta_at(spec: FlowSpec, t: jax.Array, nu: jax.Array) -> jax.Array:
   """β at time t: β(ν) from the state, or 1/τ(t) in ``scheduled`` mode."""
-  if spec.mode == "scheduled":
-    return 1.0 / scheduled_tau(spec, t)
+  if spec.temperature.mode == "scheduled":
+    return 1.0 / spec.temperature.tau_schedule(t)
   return spec.reparam.beta(nu)
 
 
 def nu_at(spec: FlowSpec, t: jax.Array, nu: jax.Array) -> jax.Array:
   """The ν that gives :func:`beta_at`; the state's own ν except in ``scheduled`` mode."""
-  if spec.mode == "scheduled":
+  if spec.temperature.mode == "scheduled":
     return spec.reparam.nu(beta_at(spec, t, nu))
   return nu
 
 
 def nu_velocity(spec: FlowSpec, nu: jax.Array, dloss_dnu: jax.Array) -> jax.Array:
-  """ν̇ from ∂L/∂ν for each mode: −c ∂L/∂ν, 0, or the projection onto β ≤ cap."""
-  if spec.mode in ("fixed", "scheduled"):
+  """ν̇ from ∂L/∂ν for each mode: −c ∂L/∂ν (projected onto β ≤ cap), or 0."""
+  if not spec.learns_temperature:
     return jnp.zeros_like(nu)
   free = -spec.rate * dloss_dnu
-  if spec.mode == "capped":
+  if spec.capped:
     # Projected flow: at the cap only the inward (decreasing-β) motion survives.
-    at_cap = spec.reparam.beta(nu) >= spec.beta_cap
+    at_cap = spec.reparam.beta(nu) >= spec.temperature.beta_cap
     return jnp.where(at_cap & (free > 0), jnp.zeros_like(free), free)
   return free
 
@@ -314,7 +303,6 @@ class InitSpec:
       pushed apart along the last axis e: h^x = (p + a e)/‖·‖, h^y = (q − a e)/‖·‖, with a ≥ 0
       found by bisection so that Δ = gap0. Where gap0 < Δ at a = 0, a = 0; the realised gap is
       always the trajectory's first ``gap``.
-    tau0: the initial temperature; ν₀ = ν(1/τ₀). Ignored in ``scheduled`` mode (τ(0) rules).
   """
 
   n: int = 8
@@ -322,7 +310,6 @@ class InitSpec:
   kind: str = "matched"
   gamma0: float = 0.3
   gap0: float = 0.5
-  tau0: float = 0.07
 
   def __post_init__(self):
     check_range("n", self.n, 2, None)
@@ -330,7 +317,6 @@ class InitSpec:
     check_choice("init.kind", self.kind, INITS)
     check_range("init.gamma0", self.gamma0, -1.0, 1.0, low_inclusive=False, high_inclusive=False)
     check_range("init.gap0", self.gap0, 0.0, 2.0, high_inclusive=False)
-    check_range("init.tau0", self.tau0, 0.0, None, low_inclusive=False)
 
 
 def initial_state(spec: FlowSpec, init: InitSpec, key: jax.Array) -> tuple[dict, dict]:
@@ -342,12 +328,7 @@ def initial_state(spec: FlowSpec, init: InitSpec, key: jax.Array) -> tuple[dict,
   if not jax.config.jax_enable_x64:
     raise RuntimeError("initial_state must run under jax.enable_x64(True)")
   key_points, key_partners = jax.random.split(key)
-  tau0 = spec.tau_start if spec.mode == "scheduled" else init.tau0
-  if spec.mode == "capped" and 1.0 / tau0 > spec.beta_cap:
-    raise ConfigError(
-      f"init.tau0={tau0} gives β above temperature.beta_cap={spec.beta_cap}; choose tau0 >= {1.0 / spec.beta_cap}"
-    )
-  nu0 = jnp.asarray(spec.reparam.nu_from_tau(jnp.float64(tau0)), jnp.float64)
+  nu0 = jnp.float64(spec.temperature.nu_init)  # ν(1/τ₀), or ν(1/τ(0)) when scheduled
   gamma0 = jnp.float64(init.gamma0)
   if spec.model in ("reduced", "parallel"):
     u = _sphere(key_points, init.n, init.d - 1)
