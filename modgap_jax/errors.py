@@ -6,6 +6,8 @@ that names the field and the valid choices. ``experiments.main`` turns it into e
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -43,6 +45,30 @@ def check_range(
     brackets = ("[" if low_inclusive else "(", "]" if high_inclusive else ")")
     raise ConfigError(f"{field}={value!r} is out of range; it must lie in {brackets[0]}{lo}, {hi}{brackets[1]}")
   return value
+
+
+def check_number(
+  field: str,
+  value: Any,
+  low: float | None = None,
+  high: float | None = None,
+  *,
+  low_inclusive: bool = True,
+  high_inclusive: bool = True,
+  integer: bool = False,
+) -> float | int:
+  """Returns ``value`` (an ``int`` if ``integer``) if it is a finite number in the interval.
+
+  A bool is not a number here, and with ``integer`` only integral types pass (so 3.0 is not
+  a seed); anything else raises a one-line ConfigError.
+  """
+  kind = numbers.Integral if integer else numbers.Real
+  if isinstance(value, bool) or not isinstance(value, kind):
+    raise ConfigError(f"{field}={value!r} must be {'an integer' if integer else 'a number'}")
+  if not math.isfinite(value):
+    raise ConfigError(f"{field}={value!r} must be finite")
+  check_range(field, value, low, high, low_inclusive=low_inclusive, high_inclusive=high_inclusive)
+  return int(value) if integer else value
 
 
 class NonFiniteError(RuntimeError):

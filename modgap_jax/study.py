@@ -251,16 +251,15 @@ def run_study(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if int(study.seeds) < 1:
     raise ConfigError(f"seeds={study.seeds!r} must be a positive integer")
   cells = study_cells(study)
-  for cell in cells:
-    cell_config(study, cell, 0)  # a bad cell or override fails before anything trains
-  from modgap_jax import preemption
+  from modgap_jax import preemption, train
   from modgap_jax import workdir as workdir_lib
+
+  for cell in cells:  # a bad cell or override fails at the trainer's boundary, before anything trains
+    train.check_config(cell_config(study, cell, 0))
 
   with workdir_lib.WorkdirLock(workdir), preemption.StopRequests() as stop:
     if name == "fig4b":
       return run_fig4b(study, workdir)
-    from modgap_jax import train  # the trainer pulls in jax and the models: only when training
-
     grid = [(cell, seed) for seed in range(int(study.seeds)) for cell in cells]
     todo = [(c, s) for c, s in grid if final_eval(run_dir(workdir, c, s), cell_config(study, c, s)) is None]
     bar = tqdm(
@@ -476,14 +475,16 @@ def fig4b_setup(study: ml_collections.ConfigDict, workdir: str) -> Fig4bSetup:
   # The first training batches of the host pipeline (seed 0): clean pairs, no crops.
   stream = data.train_batches(
     train_split,
-    global_batch_size=config.batch_size,
-    num_devices=1,
-    image_size=size,
-    context_length=length,
-    seed=int(config.seed),
-    mean=config.dataset.mean,
-    std=config.dataset.std,
-    tokenizer=tokenizer,
+    data.TrainStream(
+      global_batch_size=config.batch_size,
+      num_devices=1,
+      image_size=size,
+      context_length=length,
+      seed=int(config.seed),
+      mean=config.dataset.mean,
+      std=config.dataset.std,
+      tokenizer=tokenizer,
+    ),
   )
   num_steps = int(study.num_steps)
   batches = [next(stream) for _ in range(num_steps)]

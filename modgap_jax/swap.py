@@ -35,6 +35,15 @@ def _check_p(p) -> None:
     errors.check_range("swap.p", float(p), 0.0, 1.0)
 
 
+def check_swap(method: str, p) -> None:
+  """The swap's fields: ``method`` ∈ SWAP_METHODS and, where concrete, p ∈ [0, 1].
+
+  :func:`apply` runs it; a trainer calls it at its config boundary, before any write.
+  """
+  errors.check_choice("swap.method", method, SWAP_METHODS)
+  _check_p(p)
+
+
 def _maybe_swap(key, image_emb, text_emb, p, swap_fn, renormalize):
   """Applies ``swap_fn(key, H_X, H_Y)`` with probability p (one draw), else the identity."""
   decide_key, swap_key = jax.random.split(key)
@@ -114,7 +123,7 @@ def apply(
   Raises:
     ConfigError: ``method`` is unknown or a concrete ``p`` lies outside [0, 1].
   """
-  errors.check_choice("swap.method", method, SWAP_METHODS)
+  check_swap(method, p)
   if method == "none":
     return image_emb, text_emb
   fn = hard_swap if method == "hard" else soft_swap

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from modgap_jax.errors import ConfigError, check_choice, check_range
+from modgap_jax.errors import ConfigError, check_choice, check_number
 
 REPARAMS = ("exp", "softplus", "exp_scaled")
 MODES = ("learned", "fixed", "scheduled")
@@ -38,7 +38,7 @@ class Reparam:
   def __post_init__(self):
     check_choice("temperature.reparam", self.name, REPARAMS)
     if self.name == "exp_scaled":
-      check_range("temperature.scale", self.scale, 1.0, None, low_inclusive=False)
+      check_number("temperature.scale", self.scale, 1.0, None, low_inclusive=False)
 
   def beta(self, nu):
     """β(ν)."""
@@ -100,9 +100,9 @@ class TauSchedule:
 
   def __post_init__(self):
     check_choice("temperature.schedule.kind", self.kind, SCHEDULE_KINDS)
-    check_range("temperature.schedule.tau_start", self.tau_start, 0.0, None, low_inclusive=False)
-    check_range("temperature.schedule.tau_end", self.tau_end, 0.0, None, low_inclusive=False)
-    check_range("temperature.schedule.duration", self.duration, 0.0, None, low_inclusive=False)
+    check_number("temperature.schedule.tau_start", self.tau_start, 0.0, None, low_inclusive=False)
+    check_number("temperature.schedule.tau_end", self.tau_end, 0.0, None, low_inclusive=False)
+    check_number("temperature.schedule.duration", self.duration, 0.0, None, low_inclusive=False)
 
   def __call__(self, t):
     """τ(t), for an integer step or a continuous time t ≥ 0."""
@@ -140,10 +140,10 @@ class TemperatureSpec:
 
   def __post_init__(self):
     check_choice("temperature.mode", self.mode, MODES)
-    check_range("temperature.tau_init", self.tau_init, 0.0, None, low_inclusive=False)
-    check_range("temperature.lr_multiplier", self.lr_multiplier, 0.0, None)
+    check_number("temperature.tau_init", self.tau_init, 0.0, None, low_inclusive=False)
+    check_number("temperature.lr_multiplier", self.lr_multiplier, 0.0, None)
     if self.beta_cap is not None:
-      check_range("temperature.beta_cap", self.beta_cap, 0.0, None, low_inclusive=False)
+      check_number("temperature.beta_cap", self.beta_cap, 0.0, None, low_inclusive=False)
       if self.mode == "learned" and 1.0 / self.tau_init > self.beta_cap:
         raise ConfigError(
           f"temperature.tau_init={self.tau_init} gives β above temperature.beta_cap="

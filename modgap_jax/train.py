@@ -9,6 +9,7 @@ workdir resumes from its latest checkpoint: same step, same data order, same ran
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 from typing import Any
@@ -35,13 +36,25 @@ from modgap_jax import (
 from modgap_jax import train_step as train_step_lib
 from modgap_jax import workdir as workdir_lib
 from modgap_jax.data import resident
-from modgap_jax.errors import ConfigError, NonFiniteError, Preempted, check_choice, check_range
+from modgap_jax.errors import ConfigError, NonFiniteError, Preempted, check_choice, check_number
 from modgap_jax.plots import training as training_plots
 from modgap_jax.train_step import TrainState, init_state, learning_rate_schedule, make_optimizer
 
 # A train split up to this size (images + tokens, per device) is kept on the devices.
 RESIDENT_LIMIT_BYTES = 2 << 30
 ON_DEVICE_CHOICES = ("auto", "yes", "no")
+
+# The config field behind each field of the training stream's spec that has one, so that the
+# spec's checks (the only ones these fields get) name what the user set.
+_STREAM_FIELDS = {
+  "global_batch_size": "batch_size",
+  "image_size": "model.image_size",
+  "context_length": "model.context_length",
+  "mean": "dataset.mean",
+  "std": "dataset.std",
+  "crop_scale": "dataset.crop_scale",
+  "crop_ratio": "dataset.crop_ratio",
+}
 
 TRAIN_LOG_KEYS = (
   "loss",
@@ -172,80 +185,74 @@ def plan_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> tu
   per_epoch = data.steps_per_epoch(num_train_examples, config.batch_size)
   if config.num_steps > 0:
     total = int(config.num_steps)
-  else:
-    check_range("num_epochs", float(config.num_epochs), 0.0, None, low_inclusive=False)
+  else:  # num_epochs > 0: checked by check_config
     total = max(1, round(config.num_epochs * per_epoch))
   warmup = round(float(config.optimizer.warmup_epochs) * per_epoch)
   return per_epoch, total, warmup
 
 
-def _check_number(
-  field: str,
-  value: Any,
-  low: float | None = None,
-  high: float | None = None,
-  *,
-  low_inclusive: bool = True,
-  high_inclusive: bool = True,
-  integer: bool = False,
-) -> None:
-  """A finite number (an integer if asked) in the given interval; else a one-line ConfigError."""
-  kind = "an integer" if integer else "a number"
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
-    raise ConfigError(f"{field}={value!r} must be {kind}")
-  if not np.isfinite(value):
-    raise ConfigError(f"{field}={value!r} must be finite")
-  check_range(field, value, low, high, low_inclusive=low_inclusive, high_inclusive=high_inclusive)
+def check_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> data.TrainStream:
+  """The trainer's one validation boundary: every field that needs no data, before any write.
 
+  Fields that a library spec owns are checked by that spec or its check function (the
+  temperature spec, ``models.check_model_config``, ``swap.check_swap``, the resident split's,
+  and the :class:`data.TrainStream` returned here); the rest here. Past this point the
+  trainer, the specs and the modules below trust the config. ``train_and_evaluate`` calls it
+  first, and the study calls it for every cell before any cell trains.
 
-def _check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Validates every field that needs no data, so a bad config fails before anything is built."""
+  Args:
+    config: the run's config.
+    num_devices: this process's devices; all local devices by default.
+
+  Returns:
+    The spec of the run's training batches, without its tokenizer (made from the data later).
+  """
+  num_devices = jax.local_device_count() if num_devices is None else num_devices
   check_choice("dataset.name", config.dataset.name, data.DATASETS)
   check_choice("dataset.tokenizer", config.dataset.tokenizer, data.TOKENIZER_KINDS)
-  check_choice("swap.method", config.swap.method, swap.SWAP_METHODS)
-  check_range("swap.p", float(config.swap.p), 0.0, 1.0)
+  swap.check_swap(config.swap.method, config.swap.p)
   temperature.spec_from_config(config.temperature, schedule_duration=1)  # a spec checks its fields
   models.check_model_config(config.model)
   check_choice("dataset.on_device", config.dataset.on_device, ON_DEVICE_CHOICES)
   resident.Augment(config.dataset.augment_min_scale)
-  data.random_resized_crop(tuple(config.dataset.crop_scale), tuple(config.dataset.crop_ratio))
-  check_range("dataset.mismatch_fraction", float(config.dataset.mismatch_fraction), 0.0, 1.0)
+  resident.check_mismatch_fraction(config.dataset.mismatch_fraction)
   if config.dataset.on_device == "no":
     _check_stream_options(config)
   check_choice("nonfinite", config.get("nonfinite", "stop"), train_step_lib.NONFINITE_POLICIES)
-  _check_number("seed", config.seed, 0, 2**31 - 1, integer=True)
-  _check_number("steps_per_dispatch", config.steps_per_dispatch, 0, None, integer=True)
-  _check_number("dataset.num_workers", config.dataset.num_workers, -1, None, integer=True)
-  for field in ("batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
-    _check_number(field, config[field], 1, None, integer=True)
-  _check_number("num_steps", config.num_steps, integer=True)
+  check_number("steps_per_dispatch", config.steps_per_dispatch, 0, None, integer=True)
+  check_number("dataset.num_workers", config.dataset.num_workers, -1, None, integer=True)
+  for field in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+    check_number(field, config[field], 1, None, integer=True)
+  check_number("num_steps", config.num_steps, integer=True)
   if config.num_steps <= 0:
-    _check_number("num_epochs", config.num_epochs, 0, None, low_inclusive=False)
+    check_number("num_epochs", config.num_epochs, 0, None, low_inclusive=False)
   opt = config.optimizer
-  _check_number("optimizer.learning_rate", opt.learning_rate, 0, None, low_inclusive=False)
-  _check_number("optimizer.warmup_epochs", opt.warmup_epochs, 0)
+  check_number("optimizer.learning_rate", opt.learning_rate, 0, None, low_inclusive=False)
+  check_number("optimizer.warmup_epochs", opt.warmup_epochs, 0)
   for beta in ("b1", "b2"):
-    _check_number(f"optimizer.{beta}", opt[beta], 0, 1, high_inclusive=False)
-  _check_number("optimizer.eps", opt.eps, 0, None, low_inclusive=False)
-  _check_number("optimizer.weight_decay", opt.weight_decay, 0)
-  _check_number("optimizer.grad_clip_norm", opt.grad_clip_norm, 0)
-  _check_number("eval.gap_pairs", config.eval.gap_pairs, 2, None, integer=True)
-  _check_number("eval.probe_steps", config.eval.probe_steps, 1, None, integer=True)
-  _check_number("eval.probe_l2", config.eval.probe_l2, 0)
-  _check_number("eval.batch_size", config.eval.batch_size, 1, None, integer=True)
-  for field in ("mean", "std"):
-    values = tuple(config.dataset[field])
-    if len(values) != 3:
-      raise ConfigError(f"dataset.{field}={values!r} must hold 3 numbers, one per RGB channel")
-    for value in values:
-      _check_number(f"dataset.{field}", value)
-    if field == "std" and min(values) <= 0:
-      raise ConfigError(f"dataset.std={values!r} must be positive")
-  if config.batch_size % num_devices:
-    raise ConfigError(
-      f"batch_size={config.batch_size} must be divisible by the {num_devices} devices "
-      f"({jax.process_count()} process(es) × {jax.local_device_count()})"
-    )
+    check_number(f"optimizer.{beta}", opt[beta], 0, 1, high_inclusive=False)
+  check_number("optimizer.eps", opt.eps, 0, None, low_inclusive=False)
+  check_number("optimizer.weight_decay", opt.weight_decay, 0)
+  check_number("optimizer.grad_clip_norm", opt.grad_clip_norm, 0)
+  check_number("eval.gap_pairs", config.eval.gap_pairs, 2, None, integer=True)
+  check_number("eval.probe_steps", config.eval.probe_steps, 1, None, integer=True)
+  check_number("eval.probe_l2", config.eval.probe_l2, 0)
+  check_number("eval.batch_size", config.eval.batch_size, 1, None, integer=True)
+  # batch_size, seed, the image and token sizes, mean, std and the crop: checked by the spec.
+  return data.TrainStream(
+    global_batch_size=config.batch_size,
+    num_devices=num_devices,
+    image_size=config.model.image_size,
+    context_length=config.model.context_length,
+    seed=config.seed,
+    mean=config.dataset.mean,
+    std=config.dataset.std,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    crop_scale=config.dataset.crop_scale,
+    crop_ratio=config.dataset.crop_ratio,
+    names=_STREAM_FIELDS,
+  )
 
 
 def load_tokenizer(config: ml_collections.ConfigDict, train_split: data.Examples, workdir: str) -> data.Tokenizer:
@@ -295,27 +302,31 @@ def _check_stream_options(config: ml_collections.ConfigDict) -> None:
 
 
 class _Batches:
-  """Where a run's training batches come from: the resident split, or a host stream."""
+  """Where a run's training batches come from: the resident split, or a host stream.
 
-  def __init__(self, config, train_split, tokenizer, model, tx, spec, num_devices, start_step, total_steps):
-    self.resident = _use_resident(config, train_split, num_devices)
+  ``stream`` is the batches' spec (its tokenizer set); the resident split draws its batches
+  on the devices, with the spec's size, seed and normalisation.
+  """
+
+  def __init__(self, config, train_split, stream: data.TrainStream, model, tx, spec, start_step, total_steps):
+    self.resident = _use_resident(config, train_split, stream.num_devices)
     if self.resident:
       split = resident.make_resident_split(
         train_split,
-        tokenizer,
-        image_size=config.model.image_size,
-        context_length=config.model.context_length,
-        seed=config.seed,
+        stream.tokenizer,
+        image_size=stream.image_size,
+        context_length=stream.context_length,
+        seed=stream.seed,
         mismatch_fraction=config.dataset.mismatch_fraction,
       )
       sampling = resident.Sampling(
         len(train_split),
-        config.batch_size,
-        tuple(config.dataset.mean),
-        tuple(config.dataset.std),
+        stream.global_batch_size,
+        stream.mean,
+        stream.std,
         resident.Augment(config.dataset.augment_min_scale),
       )
-      self._inputs = flax.jax_utils.replicate((split, resident.data_key(config.seed)))
+      self._inputs = flax.jax_utils.replicate((split, resident.data_key(stream.seed)))
       self.steps = train_step_lib.make_resident_multistep(
         model, tx, spec.reparam, config.swap, sampling, config.nonfinite
       )
@@ -325,19 +336,8 @@ class _Batches:
       # processes: JPEG decoding and resizing of a lazily read split stay off this thread.
       self._stream = data.grain_train_batches(
         train_split,
-        global_batch_size=config.batch_size,
-        num_devices=num_devices,
-        image_size=config.model.image_size,
-        context_length=config.model.context_length,
-        seed=config.seed,
-        start_step=start_step,
-        mean=config.dataset.mean,
-        std=config.dataset.std,
-        tokenizer=tokenizer,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        crop_scale=tuple(config.dataset.crop_scale) or None,
-        crop_ratio=tuple(config.dataset.crop_ratio),
+        stream,
+        start_step,
         num_workers=input_workers(config, train_split),
         buffer_size=2 * steps_per_dispatch(config),
       )
@@ -395,7 +395,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Multi-host: every process trains its devices' share; only process 0 writes files (orbax
   # coordinates the checkpoints of all processes itself).
   primary = jax.process_index() == 0
-  _check_config(config, jax.device_count())
+  stream = check_config(config, num_devices)
   workdir_lib.check_same_run(workdir, config)
   data_dir = config.dataset.data_dir or None
   with clock("dataset"):
@@ -403,6 +403,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_split = data.load_examples(config.dataset.name, config.dataset.train_split, data_dir, **files)
     eval_split = data.load_examples(config.dataset.name, config.dataset.eval_split, data_dir, **files)
     tokenizer = load_tokenizer(config, train_split, workdir)
+    stream = dataclasses.replace(stream, tokenizer=tokenizer)
   if config.batch_size > len(train_split):
     raise ConfigError(
       f"batch_size={config.batch_size} exceeds the {len(train_split)} examples of "
@@ -437,7 +438,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     event_log = events.EventLog(workdir, resume_step=start_step, enabled=primary and bool(config.tensorboard))
     with clock("dataset"):
       evaluator = Evaluator(model, config, train_split, eval_split, num_devices, tokenizer)
-      batches = _Batches(config, train_split, tokenizer, model, tx, spec, num_devices, start_step, total_steps)
+      batches = _Batches(config, train_split, stream, model, tx, spec, start_step, total_steps)
 
     p_state = flax.jax_utils.replicate(state)
     final_eval, embeddings = None, None

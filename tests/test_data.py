@@ -8,6 +8,7 @@ whose pixels and captions encode their own index.
 
 import collections
 import contextlib
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -289,9 +290,14 @@ def _decode(batch):
 _PLAIN = dict(image_size=4, context_length=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
 
+def _plain(**fields):
+  """A spec whose images decode to their indices (no normalisation)."""
+  return data.TrainStream(**{**_PLAIN, **fields})
+
+
 def test_train_batches_shapes_and_epochs():
   ds = _indexed_examples(103)
-  stream = data.train_batches(ds, global_batch_size=20, num_devices=4, seed=3, **_PLAIN)
+  stream = data.train_batches(ds, _plain(global_batch_size=20, num_devices=4, seed=3))
   per_epoch = data.steps_per_epoch(103, 20)
   epochs = []
   for _ in range(3):
@@ -315,37 +321,68 @@ def test_train_batches_shapes_and_epochs():
 
 def test_train_batches_are_deterministic_and_resumable():
   ds = _indexed_examples(50)
-  kwargs = dict(global_batch_size=8, num_devices=4, seed=11, **_PLAIN)
-  first = [next(it) for it in [data.train_batches(ds, **kwargs)] for _ in range(15)]
-  again = data.train_batches(ds, **kwargs)
+  spec = _plain(global_batch_size=8, num_devices=4, seed=11)
+  first = [next(it) for it in [data.train_batches(ds, spec)] for _ in range(15)]
+  again = data.train_batches(ds, spec)
   for expected in first:
     got = next(again)
     for key in expected:
       np.testing.assert_array_equal(got[key], expected[key])
   for start in (4, 6, 13):  # Inside an epoch, at an epoch boundary (6 steps/epoch), later.
-    resumed = next(data.train_batches(ds, start_step=start, **kwargs))
+    resumed = next(data.train_batches(ds, spec, start_step=start))
     for key in resumed:
       np.testing.assert_array_equal(resumed[key], first[start][key])
-  other = next(data.train_batches(ds, **{**kwargs, "seed": 12}))
+  other = next(data.train_batches(ds, dataclasses.replace(spec, seed=12)))
   assert not np.array_equal(other["image"], first[0]["image"])
 
 
 def test_train_batches_multi_process_slices_partition_the_global_batch():
   ds = _indexed_examples(64)
-  kwargs = dict(global_batch_size=16, num_devices=2, seed=0, **_PLAIN)
-  whole = _decode(next(data.train_batches(ds, **{**kwargs, "num_devices": 4})))[0]
-  parts = [_decode(next(data.train_batches(ds, process_index=p, process_count=2, **kwargs)))[0] for p in range(2)]
+  whole = _decode(next(data.train_batches(ds, _plain(global_batch_size=16, num_devices=4, seed=0))))[0]
+  shares = [_plain(global_batch_size=16, num_devices=2, seed=0, process_index=p, process_count=2) for p in range(2)]
+  parts = [_decode(next(data.train_batches(ds, share)))[0] for share in shares]
   np.testing.assert_array_equal(np.concatenate(parts), whole)
 
 
 def test_train_batches_config_errors():
   ds = _indexed_examples(30)
   with pytest.raises(ConfigError, match="not divisible by num_devices=4"):
-    data.train_batches(ds, global_batch_size=10, num_devices=4, seed=0, **_PLAIN)
+    _plain(global_batch_size=10, num_devices=4, seed=0)
   with pytest.raises(ConfigError, match="exceeds"):
-    data.train_batches(ds, global_batch_size=32, num_devices=4, seed=0, **_PLAIN)
+    data.train_batches(ds, _plain(global_batch_size=32, num_devices=4, seed=0))
   with pytest.raises(ConfigError, match="seed"):
-    data.train_batches(ds, global_batch_size=8, num_devices=4, seed=-1, **_PLAIN)
+    _plain(global_batch_size=8, num_devices=4, seed=-1)
+
+
+def test_train_stream_checks_names_and_normalises_its_fields():
+  fields = dict(global_batch_size=8, num_devices=4, image_size=4, context_length=8, seed=0)
+  bad = [
+    ({"seed": 2**31}, "seed=2147483648"),
+    ({"process_index": 1}, "process_index=1"),
+    ({"image_size": 0}, "image_size=0"),
+    ({"context_length": 1}, "context_length=1"),
+    ({"mean": (0.5, 0.5)}, "mean="),
+    ({"std": (0.0, 1.0, 1.0)}, "std="),
+    ({"crop_scale": (0.0, 1.0)}, "crop_scale="),
+    ({"crop_ratio": (2.0, 1.0)}, "crop_ratio="),
+  ]
+  for change, message in bad:
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+      data.TrainStream(**{**fields, **change})
+    # A caller can have the messages name its own fields (the trainer: its config's).
+    names = {field: f"config.{field}" for field in change}
+    with pytest.raises(ConfigError, match=f"^config\\.{re.escape(message)}"):
+      data.TrainStream(**{**fields, **change}, names=names)
+  with pytest.raises(TypeError, match="batch_size"):
+    data.TrainStream(**fields, names={"batch_size": "batch_size"})
+  # Sequences become tuples (an empty crop_scale None), numbers ints and floats.
+  spec = data.TrainStream(**{**fields, "seed": np.int64(3), "mean": [0, 0, 0], "crop_scale": [], "crop_ratio": [1, 2]})
+  assert spec.seed == 3 and type(spec.seed) is int
+  assert spec.mean == (0.0, 0.0, 0.0) and spec.crop_scale is None and spec.crop is None
+  assert spec.crop_ratio == (1.0, 2.0)
+  assert dataclasses.replace(spec, crop_scale=[0.5, 1]).crop == data.random_resized_crop((0.5, 1.0), (1.0, 2.0))
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    spec.seed = 4
 
 
 def test_eval_batches_cover_every_image_and_caption_once():
@@ -381,7 +418,8 @@ def test_eval_batches_cover_every_image_and_caption_once():
 def test_pipeline_on_twemoji(data_dir):
   test = data.load_examples("twemoji_captions", "test", data_dir)
   assert set(test.label_keys) == {"subcategory", "category"}
-  batch = next(data.train_batches(test, global_batch_size=32, num_devices=4, image_size=32, context_length=48, seed=0))
+  stream = data.TrainStream(global_batch_size=32, num_devices=4, image_size=32, context_length=48, seed=0)
+  batch = next(data.train_batches(test, stream))
   assert batch["image"].shape == (4, 8, 32, 32, 3) and np.isfinite(batch["image"]).all()
   assert (np.argmax(batch["text"], axis=-1) > 0).all()
   labels = collections.Counter()
@@ -398,7 +436,8 @@ def test_pipeline_on_twemoji(data_dir):
 
 def test_pipeline_accepts_a_data_source(data_dir):
   source = data.load("digits_captions", "train[:40]", data_dir)
-  batch = next(data.train_batches(source, global_batch_size=16, num_devices=4, image_size=8, context_length=16, seed=0))
+  stream = data.TrainStream(global_batch_size=16, num_devices=4, image_size=8, context_length=16, seed=0)
+  batch = next(data.train_batches(source, stream))
   assert batch["image"].shape == (4, 4, 8, 8, 3) and batch["text"].shape == (4, 4, 16)
   # Grayscale digits become RGB with equal channels.
   np.testing.assert_allclose(

@@ -5,6 +5,7 @@ Each test writes its own tiny COCO root or caption folder (solid-colour images m
 Pillow, whose colour encodes the image) and builds it into a temporary data_dir.
 """
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -329,7 +330,7 @@ def test_streamed_batches_crop_per_slot_resume_and_match_grain():
   rng = np.random.default_rng(1)
   images = [rng.integers(0, 256, (20 + i, 30 - i, 3), dtype=np.uint8) for i in range(8)]
   split = examples.InMemoryExamples(images, [[f"image {i}"] for i in range(8)])
-  kwargs = dict(
+  stream = data.TrainStream(
     global_batch_size=4,
     num_devices=2,
     image_size=12,
@@ -338,8 +339,8 @@ def test_streamed_batches_crop_per_slot_resume_and_match_grain():
     crop_scale=(0.5, 1.0),
     crop_ratio=(0.75, 4 / 3),
   )
-  reference = [b["image"] for b, _ in zip(data.train_batches(split, **kwargs), range(4))]
-  plain = next(data.train_batches(split, **{**kwargs, "crop_scale": None}))["image"]
+  reference = [b["image"] for b, _ in zip(data.train_batches(split, stream), range(4))]
+  plain = next(data.train_batches(split, dataclasses.replace(stream, crop_scale=None)))["image"]
   assert not np.allclose(plain, reference[0])  # Default: centre crops, unchanged.
   for step, batch in enumerate(reference):
     indices, _ = pipeline._StepPlan(split.tokens(pipeline._BYTES, 8)[1], 8, 4, 3, 0, 1)(step)  # pylint: disable=protected-access
@@ -347,12 +348,13 @@ def test_streamed_batches_crop_per_slot_resume_and_match_grain():
       _reference_crop(images[i], 3, step, slot, (0.5, 1.0), (0.75, 4 / 3), 12)[0] for slot, i in enumerate(indices)
     ]
     np.testing.assert_allclose(batch.reshape(4, 12, 12, 3), data.normalize(np.stack(want)), atol=1e-6)
-  resumed = next(data.train_batches(split, start_step=2, **kwargs))["image"]
+  resumed = next(data.train_batches(split, stream, start_step=2))["image"]
   np.testing.assert_array_equal(resumed, reference[2])
-  stream = data.grain_train_batches(split, num_workers=0, start_step=1, **kwargs)
+  grained = data.grain_train_batches(split, stream, start_step=1, num_workers=0)
   for step in (1, 2, 3):
-    np.testing.assert_array_equal(next(stream)["image"], reference[step])
+    np.testing.assert_array_equal(next(grained)["image"], reference[step])
   halves = [
-    next(data.train_batches(split, process_index=p, process_count=2, **{**kwargs, "num_devices": 1})) for p in (0, 1)
+    next(data.train_batches(split, dataclasses.replace(stream, num_devices=1, process_index=p, process_count=2)))
+    for p in (0, 1)
   ]
   np.testing.assert_array_equal(np.concatenate([h["image"][0] for h in halves]), reference[0].reshape(4, 12, 12, 3))

@@ -6,6 +6,7 @@ temporary data_dir) read in memory and per batch (the COCO path).
 """
 
 import contextlib
+import dataclasses
 import socket
 
 import numpy as np
@@ -15,7 +16,7 @@ from modgap_jax import data
 from modgap_jax.errors import ConfigError
 
 # digits_captions has 1457 training images: 22 steps per epoch at 64 images a step.
-_KWARGS = dict(global_batch_size=64, num_devices=4, image_size=12, context_length=24, seed=5)
+_STREAM = data.TrainStream(global_batch_size=64, num_devices=4, image_size=12, context_length=24, seed=5)
 _STEPS = 25  # Past the first epoch boundary.
 
 
@@ -52,10 +53,15 @@ def tokenizer(train_split):
 
 
 @pytest.fixture(scope="module")
-def reference(train_split, tokenizer):
+def stream(tokenizer):
+  return dataclasses.replace(_STREAM, tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="module")
+def reference(train_split, stream):
   """train_batches' first _STEPS batches."""
-  stream = data.train_batches(train_split, tokenizer=tokenizer, **_KWARGS)
-  return [next(stream) for _ in range(_STEPS)]
+  batches = data.train_batches(train_split, stream)
+  return [next(batches) for _ in range(_STEPS)]
 
 
 def _assert_same_batches(stream, expected):
@@ -67,41 +73,41 @@ def _assert_same_batches(stream, expected):
       np.testing.assert_array_equal(got[key], want[key], err_msg=f"step {step}, {key}")
 
 
-def test_in_process_grain_equals_train_batches_and_resumes(train_split, tokenizer, reference):
+def test_in_process_grain_equals_train_batches_and_resumes(train_split, stream, reference):
   assert reference[0]["image"].shape == (4, 16, 12, 12, 3) and reference[0]["text"].shape == (4, 16, 24)
-  stream = data.grain_train_batches(train_split, tokenizer=tokenizer, num_workers=0, **_KWARGS)
-  _assert_same_batches(stream, reference)
-  stream.close()
+  batches = data.grain_train_batches(train_split, stream, num_workers=0)
+  _assert_same_batches(batches, reference)
+  batches.close()
   for start in (3, 21):  # Inside the first epoch, and just before its boundary.
-    resumed = data.grain_train_batches(train_split, tokenizer=tokenizer, start_step=start, num_threads=0, **_KWARGS)
+    resumed = data.grain_train_batches(train_split, stream, start, num_threads=0)
     _assert_same_batches(resumed, reference[start : start + 3])
     resumed.close()
 
 
-def test_two_workers_on_a_lazy_split_equal_train_batches(digits_dir, tokenizer, reference):
+def test_two_workers_on_a_lazy_split_equal_train_batches(digits_dir, stream, reference):
   lazy = data.load_examples("digits_captions", "train", digits_dir, in_memory=False)
   assert isinstance(lazy, data.LazyExamples)
   start = 19
-  stream = data.grain_train_batches(lazy, tokenizer=tokenizer, start_step=start, num_workers=2, **_KWARGS)
+  batches = data.grain_train_batches(lazy, stream, start, num_workers=2)
   try:
-    _assert_same_batches(stream, reference[start:])
+    _assert_same_batches(batches, reference[start:])
   finally:
-    stream.close()
+    batches.close()
 
 
-def test_process_shares_match_train_batches(train_split, tokenizer):
-  kwargs = {**_KWARGS, "num_devices": 2, "process_count": 2, "start_step": 7}
+def test_process_shares_match_train_batches(train_split, stream):
   for process in range(2):
-    want = next(data.train_batches(train_split, tokenizer=tokenizer, process_index=process, **kwargs))
-    stream = data.grain_train_batches(train_split, tokenizer=tokenizer, process_index=process, **kwargs)
-    _assert_same_batches(stream, [want])
-    stream.close()
+    share = dataclasses.replace(stream, num_devices=2, process_index=process, process_count=2)
+    want = next(data.train_batches(train_split, share, start_step=7))
+    batches = data.grain_train_batches(train_split, share, start_step=7)
+    _assert_same_batches(batches, [want])
+    batches.close()
 
 
 def test_grain_config_errors(train_split):
   with pytest.raises(ConfigError, match="num_workers"):
-    data.grain_train_batches(train_split, num_workers=-1, **_KWARGS)
+    data.grain_train_batches(train_split, _STREAM, num_workers=-1)
   with pytest.raises(ConfigError, match="buffer_size"):
-    data.grain_train_batches(train_split, buffer_size=0, **_KWARGS)
+    data.grain_train_batches(train_split, _STREAM, buffer_size=0)
   with pytest.raises(ConfigError, match="exceeds"):
-    data.grain_train_batches(train_split, **{**_KWARGS, "global_batch_size": 2048})
+    data.grain_train_batches(train_split, dataclasses.replace(_STREAM, global_batch_size=2048))

@@ -189,6 +189,14 @@ def test_bad_study_and_override_are_config_errors(tmp_path, data_dir):
   with pytest.raises(ConfigError, match="model.nope"):
     study.run_study(config, str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
+  # A field every cell has but that is out of range fails at the trainer's boundary, for all
+  # cells before the first trains, and before the study's workdir exists.
+  for name in ("table2", "fig4b"):
+    config = tiny_study(name, data_dir)
+    config.base_overrides = {"optimizer": {"b2": 1.0}}
+    with pytest.raises(ConfigError, match=r"optimizer.b2=1.0 is out of range"):
+      study.run_study(config, str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
   done = subprocess.run(
     [sys.executable, "-m", "experiments.main", "--config=configs/study.py:table9", f"--workdir={tmp_path / 'w'}"],
     cwd=REPO,

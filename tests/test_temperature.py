@@ -1,5 +1,7 @@
 """The temperature leaf: reparameterisations against closed forms, and each optimizer mode."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -145,3 +147,14 @@ def test_spec_from_config_and_errors():
     temperature.TemperatureSpec(mode="scheduled")
   with pytest.raises(ConfigError, match="beta_cap"):
     temperature.TemperatureSpec(tau_init=0.001, beta_cap=100.0)
+  # Unbounded above, but never infinite or NaN: ν would be ±inf from the first step.
+  for field in ("tau_init", "lr_multiplier"):
+    for value, message in (
+      (float("inf"), "must be finite"),
+      (float("nan"), "must be finite"),
+      ("0.1", "must be a number"),
+    ):
+      with pytest.raises(ConfigError, match=re.escape(f"temperature.{field}={value!r} {message}")):
+        temperature.TemperatureSpec(**{field: value})
+  with pytest.raises(ConfigError, match="temperature.schedule.duration=inf must be finite"):
+    temperature.TauSchedule(duration=float("inf"))

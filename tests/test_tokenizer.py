@@ -248,9 +248,9 @@ def test_pipeline_with_bpe_keeps_shapes_and_captions():
   captions = [[f"an emoji of thing {i}", f"thing {i} emoji"] for i in range(n)]
   ds = data.InMemoryExamples(images, captions, {"label": np.arange(n)})
   tok = data.make_tokenizer("bpe", _flat_captions(ds), 320)
-  kwargs = dict(global_batch_size=8, num_devices=4, image_size=4, context_length=12, seed=0)
-  by_bytes = next(data.train_batches(ds, **kwargs))
-  by_bpe = next(data.train_batches(ds, tokenizer=tok, **kwargs))
+  fields = dict(global_batch_size=8, num_devices=4, image_size=4, context_length=12, seed=0)
+  by_bytes = next(data.train_batches(ds, data.TrainStream(**fields)))
+  by_bpe = next(data.train_batches(ds, data.TrainStream(**fields, tokenizer=tok)))
   assert {k: v.shape for k, v in by_bytes.items()} == {k: v.shape for k, v in by_bpe.items()}
   assert by_bpe["text"].dtype == np.int32 and by_bpe["text"].max() == tok.eot_id
   # The same captions (the draw does not depend on the tokenizer); 10 bytes cut them, BPE does not.

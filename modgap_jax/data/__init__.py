@@ -27,11 +27,11 @@ Typical use::
 
   from modgap_jax import data
   train = data.load_examples("twemoji_captions", "train")   # builds on first use
-  for batch in data.prefetch(data.train_batches(train, global_batch_size=256, num_devices=4,
-                                                image_size=64, context_length=32, seed=0)):
+  stream = data.TrainStream(global_batch_size=256, num_devices=4, image_size=64, context_length=32, seed=0)
+  for batch in data.prefetch(data.train_batches(train, stream)):
     ...  # batch['image']: f32 [4, 64, 64, 64, 3], batch['text']: int32 [4, 64, 32]
 
-For a split decoded per batch (COCO), ``data.grain_train_batches(..., num_workers=8)``
+For a split decoded per batch (COCO), ``data.grain_train_batches(train, stream, num_workers=8)``
 yields the same batches, made by worker processes.
 
 The user's files, selected by ``config.dataset.name`` and ``config.dataset.path``::
@@ -42,7 +42,7 @@ The user's files, selected by ``config.dataset.name`` and ``config.dataset.path`
 
 The byte tokenizer is the default; for BPE trained on the training captions, pass
 ``tokenizer=data.make_tokenizer('bpe', [c for caps in train.captions() for c in caps], 2048)``
-to ``train_batches`` and ``eval_text_batches``, and store ``tokenizer.to_json()`` with the run
+to ``TrainStream`` and ``eval_text_batches``, and store ``tokenizer.to_json()`` with the run
 (``data.tokenizer_from_json`` reads it back).
 """
 
@@ -96,6 +96,7 @@ _EXPORTS = {
   "prefetch": ("pipeline", "prefetch"),
   "steps_per_epoch": ("pipeline", "steps_per_epoch"),
   "train_batches": ("pipeline", "train_batches"),
+  "TrainStream": ("pipeline", "TrainStream"),
 }
 _SUBMODULES = ("builders", "examples", "paths", "pipeline", "registry", "resident", "text", "zero_shot")
 

@@ -8,20 +8,21 @@ device axis [num_devices, per_device, ...]. Images are float32 NHWC RGB, normali
 split's cached tokens (:meth:`examples.Examples.tokens`): each is encoded once per run,
 never per step.
 
-Training, infinite, one batch per step:
+Training, infinite, one batch per step, as a :class:`TrainStream` spec fixes them:
   {'image': f32 [D, B/D, S, S, 3], 'text': int32 [D, B/D, L]}
-  (tokens from the ``tokenizer`` argument, the byte tokenizer by default)
+  (tokens from the spec's ``tokenizer``, the byte tokenizer by default)
   - epoch e visits every image at most once in the order ``epoch_permutation(seed, e, n)``
     and drops the last ``n mod B`` images of that order;
   - each image gets one caption per epoch, ``captions[i][floor(u(seed, e, i) * k_i)]``
     with u uniform in [0, 1) (``epoch_caption_draws``), k_i its number of captions;
   - step s is a pure function of (seed, s), so starting at ``start_step`` resumes exactly;
-  - images are the split's centre crops (``Examples.fetch``), or, with ``crop_scale``
-    given, CLIP's random-resized crops of the stored images (:func:`crop_box`), drawn from
-    ``crop_rng(seed, s, slot)``, slot the image's position in the global batch: still a
-    pure function of (seed, s), and each process of a multi-host run crops its share as
-    one process would.
-  Two iterators yield these same batches:
+  - images are the split's centre crops (``Examples.fetch``), or, with the spec's
+    ``crop_scale`` given, CLIP's random-resized crops of the stored images (:func:`crop_box`),
+    drawn from ``crop_rng(seed, s, slot)``, slot the image's position in the global batch:
+    still a pure function of (seed, s), and each process of a multi-host run crops its
+    share as one process would.
+  The spec checks its fields once, when it is made, and the iterators trust it. Two
+  iterators yield these same batches:
   - :func:`train_batches` makes them on the thread that iterates (wrap it in
     :func:`prefetch` to overlap with device compute): enough when resizing is cheap or
     cached, as for the small in-memory splits (which the trainer usually keeps on the
@@ -58,10 +59,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import queue
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -70,7 +72,7 @@ from PIL import Image
 from modgap_jax import numerics
 from modgap_jax.data import examples as examples_lib
 from modgap_jax.data import text
-from modgap_jax.errors import ConfigError
+from modgap_jax.errors import ConfigError, check_number
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -98,14 +100,20 @@ def normalize(images: np.ndarray, mean: Sequence[float] = CLIP_MEAN, std: Sequen
   return out
 
 
-def _check_positive_int(field: str, value: int) -> None:
-  if not isinstance(value, (int, np.integer)) or value < 1:
-    raise ConfigError(f"{field}={value!r} must be a positive integer")
+def _check_channels(field: str, values: Any, *, positive: bool = False) -> tuple[float, float, float]:
+  """``values`` as 3 floats, one per RGB channel (positive ones if asked); else a one-line ConfigError."""
+  channels = tuple(values) if isinstance(values, Iterable) else ()
+  real = lambda x: isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+  if len(channels) != 3 or not all(map(real, channels)):
+    raise ConfigError(f"{field}={values!r} must hold 3 finite numbers, one per RGB channel")
+  if positive and min(channels) <= 0:
+    raise ConfigError(f"{field}={values!r} must be positive")
+  return tuple(float(x) for x in channels)
 
 
 def _check_batch(field: str, batch_size: int, num_devices: int) -> None:
-  _check_positive_int(field, batch_size)
-  _check_positive_int("num_devices", num_devices)
+  check_number(field, batch_size, 1, integer=True)
+  check_number("num_devices", num_devices, 1, integer=True)
   if batch_size % num_devices:
     raise ConfigError(f"{field}={batch_size} is not divisible by num_devices={num_devices}")
 
@@ -198,23 +206,28 @@ class RandomResizedCrop:
 
 
 def random_resized_crop(
-  crop_scale: Sequence[float] | None, crop_ratio: Sequence[float] = DEFAULT_CROP_RATIO
+  crop_scale: Sequence[float] | None,
+  crop_ratio: Sequence[float] = DEFAULT_CROP_RATIO,
+  *,
+  scale_field: str = "crop_scale",
+  ratio_field: str = "crop_ratio",
 ) -> RandomResizedCrop | None:
   """Checks the crop arguments; None (or empty) ``crop_scale`` turns the crop off.
 
-  Needs ``0 < scale[0] <= scale[1] <= 1`` and ``0 < ratio[0] <= ratio[1]``; one-line
-  ConfigError naming the field otherwise.
+  Needs ``0 < ratio[0] <= ratio[1]``, even with the crop off (so that a checked ratio is
+  always a valid one), and ``0 < scale[0] <= scale[1] <= 1``; one-line ConfigError naming
+  the field (as ``scale_field`` or ``ratio_field``) otherwise.
   """
+  ratio = tuple(float(x) for x in crop_ratio)
+  if len(ratio) != 2 or not 0.0 < ratio[0] <= ratio[1] or not all(map(math.isfinite, ratio)):
+    raise ConfigError(f"{ratio_field}={tuple(crop_ratio)!r} must be (low, high) with 0 < low <= high")
   if crop_scale is None or len(crop_scale) == 0:
     return None
-  scale, ratio = tuple(float(x) for x in crop_scale), tuple(float(x) for x in crop_ratio)
+  scale = tuple(float(x) for x in crop_scale)
   if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
     raise ConfigError(
-      f"dataset.crop_scale={tuple(crop_scale)!r} must be (low, high) with 0 < low <= high <= 1, "
-      "or () for no random crop"
+      f"{scale_field}={tuple(crop_scale)!r} must be (low, high) with 0 < low <= high <= 1, or () for no random crop"
     )
-  if len(ratio) != 2 or not 0.0 < ratio[0] <= ratio[1] or not all(map(math.isfinite, ratio)):
-    raise ConfigError(f"dataset.crop_ratio={tuple(crop_ratio)!r} must be (low, high) with 0 < low <= high")
   return RandomResizedCrop(scale, ratio)
 
 
@@ -326,106 +339,121 @@ class _AddText:
     return {"image": batch["image"], "text": _device_split(self._tokens[batch["rows"]], self._num_devices)}
 
 
-def _training_stages(
-  data,
-  *,
-  global_batch_size,
-  num_devices,
-  image_size,
-  context_length,
-  seed,
-  start_step,
-  mean,
-  std,
-  process_index,
-  process_count,
-  tokenizer,
-  crop_scale=None,
-  crop_ratio=DEFAULT_CROP_RATIO,
-) -> tuple[_MakeImages, _AddText]:
-  """Checks the arguments of the training iterators and builds their two stages."""
+@dataclasses.dataclass(frozen=True)
+class TrainStream:
+  """What fixes a run's training batches, apart from the data and the start step.
+
+  Both training iterators take one (see the module doc). Its fields are checked once, when
+  it is made (a one-line ConfigError naming the field otherwise), and the iterators trust
+  them. Sequences are stored as tuples, numbers as ``int`` and ``float``, so a spec
+  never changes once made; ``dataclasses.replace`` makes (and checks) a changed copy.
+
+  Attributes:
+    global_batch_size: images per step over all processes and devices; divisible by
+      ``num_devices * process_count``.
+    num_devices: local devices (the leading axis of every array).
+    image_size: output side S in pixels.
+    context_length: token slots L per caption, at least 2 (room for SOT and EOT).
+    seed: integer in [0, 2**31); fixes every epoch's order, caption choice and crops.
+    mean, std: per-channel normalisation, 3 numbers each; std positive.
+    process_index, process_count: for multi-host training, each process takes its
+      contiguous ``1/process_count`` share of every global batch.
+    tokenizer: encodes the captions; None is the byte tokenizer.
+    crop_scale: None: every image is its centre crop (the default; an empty sequence
+      becomes None). (low, high): CLIP's random-resized crop of the stored image instead,
+      with area share in [low, high] (CLIP: (0.9, 1.0)) and aspect ratio in ``crop_ratio``;
+      see :func:`crop_box`. Needs ``Examples.originals``, which both splits have.
+    crop_ratio: (low, high) aspect ratios (w/h) of the random crop; default (3/4, 4/3).
+    names: init only, not stored: the name each field goes by in the error messages, for a
+      caller whose users set these values under other names (a trainer passes its config
+      fields, e.g. ``{"global_batch_size": "batch_size", "mean": "dataset.mean"}``); a
+      field it leaves out goes by its own name.
+  """
+
+  global_batch_size: int
+  num_devices: int
+  image_size: int
+  context_length: int
+  seed: int
+  mean: tuple[float, float, float] = CLIP_MEAN
+  std: tuple[float, float, float] = CLIP_STD
+  process_index: int = 0
+  process_count: int = 1
+  tokenizer: text.Tokenizer | None = None
+  crop_scale: tuple[float, float] | None = None
+  crop_ratio: tuple[float, float] = DEFAULT_CROP_RATIO
+  names: dataclasses.InitVar[Mapping[str, str] | None] = None
+
+  def __post_init__(self, names: Mapping[str, str] | None):
+    names = dict(names or {})
+    unknown = set(names) - {f.name for f in dataclasses.fields(self)}
+    if unknown:  # A caller's typo would otherwise name the field wrongly, silently.
+      raise TypeError(f"names has keys that are no fields of TrainStream: {sorted(unknown)}")
+    name = lambda field: names.get(field, field)
+    # Frozen: object.__setattr__ stores the normalised values.
+    put = lambda field, value: object.__setattr__(self, field, value)
+    for field in ("global_batch_size", "num_devices", "image_size", "process_count"):
+      put(field, check_number(name(field), getattr(self, field), 1, integer=True))
+    index = check_number(name("process_index"), self.process_index, 0, self.process_count - 1, integer=True)
+    put("process_index", index)
+    shards = self.num_devices * self.process_count
+    if self.global_batch_size % shards:
+      raise ConfigError(
+        f"{name('global_batch_size')}={self.global_batch_size} is not divisible by "
+        f"{name('num_devices')}={self.num_devices} × {name('process_count')}={self.process_count}, "
+        "the devices of all processes"
+      )
+    put("seed", check_number(name("seed"), self.seed, 0, 2**31 - 1, integer=True))
+    text.check_context_length(self.context_length, name("context_length"))
+    put("context_length", int(self.context_length))
+    put("mean", _check_channels(name("mean"), self.mean))
+    put("std", _check_channels(name("std"), self.std, positive=True))
+    crop = random_resized_crop(
+      self.crop_scale, self.crop_ratio, scale_field=name("crop_scale"), ratio_field=name("crop_ratio")
+    )
+    put("crop_scale", None if crop is None else crop.scale)
+    put("crop_ratio", tuple(float(x) for x in self.crop_ratio))  # Checked even with the crop off.
+
+  @property
+  def crop(self) -> RandomResizedCrop | None:
+    """The random-resized crop, or None for centre crops."""
+    return None if self.crop_scale is None else RandomResizedCrop(self.crop_scale, self.crop_ratio)
+
+
+def _training_stages(data, stream: TrainStream, start_step: int) -> tuple[_MakeImages, _AddText]:
+  """Builds the two stages of the training iterators, after the checks that need the data."""
   data = examples_lib.as_examples(data)
   n = len(data)
-  _check_batch("global_batch_size", global_batch_size, num_devices)
-  if global_batch_size % (num_devices * process_count):
-    raise ConfigError(
-      f"global_batch_size={global_batch_size} is not divisible by "
-      f"num_devices * process_count={num_devices * process_count}"
-    )
-  if global_batch_size > n:
-    raise ConfigError(f"global_batch_size={global_batch_size} exceeds the split's {n} examples")
-  if not isinstance(seed, (int, np.integer)) or seed < 0:
-    raise ConfigError(f"seed={seed!r} must be a non-negative integer")
+  if stream.global_batch_size > n:
+    raise ConfigError(f"global_batch_size={stream.global_batch_size} exceeds the split's {n} examples")
   if start_step < 0:
     raise ConfigError(f"start_step={start_step} must be >= 0")
-  if not 0 <= process_index < process_count:
-    raise ConfigError(f"process_index={process_index} must lie in [0, process_count={process_count})")
-  text.check_context_length(context_length)
-  crop = random_resized_crop(crop_scale, crop_ratio)
-  tokens, caption_image_index = data.tokens(_BYTES if tokenizer is None else tokenizer, context_length)
-  plan = _StepPlan(caption_image_index, n, global_batch_size, int(seed), process_index, process_count)
-  return (_MakeImages(data, plan, image_size, mean, std, num_devices, crop), _AddText(tokens, num_devices))
+  tokenizer = _BYTES if stream.tokenizer is None else stream.tokenizer
+  tokens, caption_image_index = data.tokens(tokenizer, stream.context_length)
+  plan = _StepPlan(
+    caption_image_index, n, stream.global_batch_size, stream.seed, stream.process_index, stream.process_count
+  )
+  make_images = _MakeImages(data, plan, stream.image_size, stream.mean, stream.std, stream.num_devices, stream.crop)
+  return make_images, _AddText(tokens, stream.num_devices)
 
 
-def train_batches(
-  data,
-  *,
-  global_batch_size: int,
-  num_devices: int,
-  image_size: int,
-  context_length: int,
-  seed: int,
-  start_step: int = 0,
-  mean: Sequence[float] = CLIP_MEAN,
-  std: Sequence[float] = CLIP_STD,
-  process_index: int = 0,
-  process_count: int = 1,
-  tokenizer: text.Tokenizer | None = None,
-  crop_scale: Sequence[float] | None = None,
-  crop_ratio: Sequence[float] = DEFAULT_CROP_RATIO,
-) -> Iterator[dict[str, np.ndarray]]:
+def train_batches(data, stream: TrainStream, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """Yields training batches forever, starting at step ``start_step``; see the module doc.
 
   The split's captions are encoded here, once (:meth:`examples.Examples.tokens`); a
   :class:`examples.LazyExamples` reads all its captions for that.
 
   Args:
-    data: an ``Examples`` or a data source (see the module doc).
-    global_batch_size: images per step over all processes and devices.
-    num_devices: local devices (the leading axis of every array).
-    image_size: output side S in pixels.
-    context_length: token slots L per caption.
-    seed: non-negative integer; fixes every epoch's order and caption choice.
+    data: an ``Examples`` or a data source (see the module doc), of at least
+      ``stream.global_batch_size`` examples.
+    stream: what fixes the batches: their size, devices, image side, tokens, seed,
+      normalisation, process share and crops.
     start_step: the step to resume at; yields what an uninterrupted iterator yields there.
-    mean, std: per-channel normalisation.
-    process_index, process_count: for multi-host training, each process takes its
-      contiguous ``1/process_count`` share of every global batch.
-    tokenizer: encodes the captions; None is the byte tokenizer.
-    crop_scale: None (or empty): every image is its centre crop (the default). (low, high):
-      CLIP's random-resized crop of the stored image instead, with area share in
-      [low, high] (CLIP: (0.9, 1.0)) and aspect ratio in ``crop_ratio``; see
-      :func:`crop_box`. Needs ``Examples.originals``, which both splits have.
-    crop_ratio: (low, high) aspect ratios (w/h) of the random crop; default (3/4, 4/3).
 
   Yields:
     ``{'image': float32 [D, B/(P*D), S, S, 3], 'text': int32 [D, B/(P*D), L]}``.
   """
-  make_images, add_text = _training_stages(
-    data,
-    global_batch_size=global_batch_size,
-    num_devices=num_devices,
-    image_size=image_size,
-    context_length=context_length,
-    seed=seed,
-    start_step=start_step,
-    mean=mean,
-    std=std,
-    process_index=process_index,
-    process_count=process_count,
-    tokenizer=tokenizer,
-    crop_scale=crop_scale,
-    crop_ratio=crop_ratio,
-  )
+  make_images, add_text = _training_stages(data, stream, start_step)
   return _train_iterator(make_images, add_text, start_step)
 
 
@@ -452,20 +480,9 @@ def _allow_unparsed_absl_flags() -> None:
 
 def grain_train_batches(
   data,
-  *,
-  global_batch_size: int,
-  num_devices: int,
-  image_size: int,
-  context_length: int,
-  seed: int,
+  stream: TrainStream,
   start_step: int = 0,
-  mean: Sequence[float] = CLIP_MEAN,
-  std: Sequence[float] = CLIP_STD,
-  process_index: int = 0,
-  process_count: int = 1,
-  tokenizer: text.Tokenizer | None = None,
-  crop_scale: Sequence[float] | None = None,
-  crop_ratio: Sequence[float] = DEFAULT_CROP_RATIO,
+  *,
   num_workers: int = 0,
   num_threads: int = 1,
   buffer_size: int = 2,
@@ -478,9 +495,7 @@ def grain_train_batches(
   caption of the split each slot takes.
 
   Args:
-    data, global_batch_size, num_devices, image_size, context_length, seed, start_step,
-      mean, std, process_index, process_count, tokenizer, crop_scale, crop_ratio: as for
-      :func:`train_batches`.
+    data, stream, start_step: as for :func:`train_batches`.
       ``data`` (without its token cache) is pickled into every worker: a
       :class:`examples.LazyExamples` sends only its data source, an in-memory split all
       its images.
@@ -497,27 +512,10 @@ def grain_train_batches(
     process that runs JAX is unsafe), so, as for any spawning ``multiprocessing`` code, a
     script that uses workers must start from an ``if __name__ == "__main__":`` guard.
   """
-  if not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
-    raise ConfigError(f"num_workers={num_workers!r} must be a non-negative integer")
-  if not isinstance(num_threads, (int, np.integer)) or num_threads < 0:
-    raise ConfigError(f"num_threads={num_threads!r} must be a non-negative integer")
-  _check_positive_int("buffer_size", buffer_size)
-  make_images, add_text = _training_stages(
-    data,
-    global_batch_size=global_batch_size,
-    num_devices=num_devices,
-    image_size=image_size,
-    context_length=context_length,
-    seed=seed,
-    start_step=start_step,
-    mean=mean,
-    std=std,
-    process_index=process_index,
-    process_count=process_count,
-    tokenizer=tokenizer,
-    crop_scale=crop_scale,
-    crop_ratio=crop_ratio,
-  )
+  check_number("num_workers", num_workers, 0, integer=True)
+  check_number("num_threads", num_threads, 0, integer=True)
+  check_number("buffer_size", buffer_size, 1, integer=True)
+  make_images, add_text = _training_stages(data, stream, start_step)
   # Imported here: grain pulls in JAX (about a second), and only this iterator needs it.
   import grain  # pylint: disable=g-import-not-at-top
 
@@ -569,7 +567,7 @@ def eval_image_batches(
   Args:
     data: an ``Examples`` or a data source.
     batch_size: images per batch over all devices (b = batch_size / num_devices).
-    num_devices, image_size, mean, std: as for :func:`train_batches`.
+    num_devices, image_size, mean, std: as for :class:`TrainStream`.
 
   Yields:
     ``{'image': f32 [D, b, S, S, 3], 'mask': bool [D, b], 'index': int32 [D, b]}`` plus one

@@ -106,6 +106,11 @@ class Sampling:
     return self.num_examples // self.global_batch_size
 
 
+def check_mismatch_fraction(fraction: float) -> float:
+  """The share of images trained with another image's captions must lie in [0, 1]."""
+  return check_range("dataset.mismatch_fraction", float(fraction), 0.0, 1.0)
+
+
 def mismatch_pairs(seed: int, num_examples: int, fraction: float) -> np.ndarray:
   """int [N]: whose captions each image is trained with; a ``fraction`` of images get another's.
 
@@ -114,7 +119,7 @@ def mismatch_pairs(seed: int, num_examples: int, fraction: float) -> np.ndarray:
   its own, and the set of captions in the split is unchanged. Fixed for the whole run: like
   a noisy web pair, a mismatched image is always shown with the same wrong captions.
   """
-  check_range("dataset.mismatch_fraction", float(fraction), 0.0, 1.0)
+  check_mismatch_fraction(fraction)
   source = np.arange(num_examples)
   count = int(round(fraction * num_examples))
   if count < 2:

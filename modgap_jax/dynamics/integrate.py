@@ -20,7 +20,7 @@ from jax.experimental import ode
 
 from modgap_jax import losses
 from modgap_jax.dynamics import models
-from modgap_jax.errors import ConfigError, check_choice, check_range
+from modgap_jax.errors import ConfigError, check_choice, check_number, check_range
 from modgap_jax.temperature import Reparam
 
 TRAJECTORY_KEYS = ("t", "gap", "gamma", "nu", "beta", "tau", "loss", "matched_frac", "invariant")
@@ -122,8 +122,8 @@ def time_grid(kind: str, t_max: float, num: int, t_min: float = 1e-3) -> np.ndar
   log-spaced over [t_min, t_max] (for flows to t ≥ 1e6 whose interesting times span decades).
   """
   check_choice("time.grid", kind, GRIDS)
-  check_range("time.t_max", t_max, 0.0, None, low_inclusive=False)
-  check_range("time.num", num, 3, None)
+  check_number("time.t_max", t_max, 0.0, None, low_inclusive=False)
+  check_number("time.num", num, 3, None, integer=True)
   if kind == "linear":
     return np.linspace(0.0, t_max, num)
   check_range("time.t_min", t_min, 0.0, t_max, low_inclusive=False, high_inclusive=False)

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from modgap_jax import losses, numerics
-from modgap_jax.errors import ConfigError, check_choice, check_range
+from modgap_jax.errors import ConfigError, check_choice, check_number, check_range
 from modgap_jax.temperature import TemperatureSpec
 
 MODELS = ("reduced", "parallel", "free")
@@ -312,8 +312,8 @@ class InitSpec:
   gap0: float = 0.5
 
   def __post_init__(self):
-    check_range("n", self.n, 2, None)
-    check_range("d", self.d, 2, None)
+    check_number("n", self.n, 2, None, integer=True)
+    check_number("d", self.d, 2, None, integer=True)
     check_choice("init.kind", self.kind, INITS)
     check_range("init.gamma0", self.gamma0, -1.0, 1.0, low_inclusive=False, high_inclusive=False)
     check_range("init.gap0", self.gap0, 0.0, 2.0, high_inclusive=False)

@@ -55,10 +55,10 @@ def normalize(text: str) -> str:
   return " ".join(text.lower().split())
 
 
-def check_context_length(context_length: int) -> None:
-  """Raises a one-line ConfigError unless the context has room for SOT and EOT."""
+def check_context_length(context_length: int, field: str = "context_length") -> None:
+  """Raises a one-line ConfigError, naming ``field``, unless the context has room for SOT and EOT."""
   if not isinstance(context_length, (int, np.integer)) or context_length < 2:
-    raise ConfigError(f"context_length={context_length!r} must be an integer >= 2 (room for SOT and EOT)")
+    raise ConfigError(f"{field}={context_length!r} must be an integer >= 2 (room for SOT and EOT)")
 
 
 def pack(bodies: Iterable[Sequence[int] | np.ndarray], context_length: int, sot: int, eot: int) -> np.ndarray:
