@@ -93,6 +93,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   try:
+    if not FLAGS.workdir.strip():
+      raise ConfigError("--workdir is empty; give the directory the run writes into")
     init_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     run_task(FLAGS.config, FLAGS.workdir)
   except (ConfigError, OSError) as e:  # OSError: an unwritable workdir, a missing data path

@@ -33,15 +33,17 @@ def check_range(
   low_inclusive: bool = True,
   high_inclusive: bool = True,
 ) -> float:
-  """Returns ``value`` if it lies in the interval; raises a one-line ConfigError otherwise."""
-  ok = True
-  if low is not None:
-    ok &= value >= low if low_inclusive else value > low
-  if high is not None:
-    ok &= value <= high if high_inclusive else value < high
+  """Returns ``value`` if it lies in the interval; raises a one-line ConfigError otherwise.
+
+  A missing bound is an open one at ±∞, so ±inf itself (like NaN) never lies in the interval.
+  """
+  low_inclusive &= low is not None
+  high_inclusive &= high is not None
+  low = -math.inf if low is None else low
+  high = math.inf if high is None else high
+  ok = (value >= low if low_inclusive else value > low) and (value <= high if high_inclusive else value < high)
   if not ok:
-    lo = "-inf" if low is None else f"{low}"
-    hi = "inf" if high is None else f"{high}"
+    lo, hi = ("-inf" if math.isinf(low) else f"{low}"), ("inf" if math.isinf(high) else f"{high}")
     brackets = ("[" if low_inclusive else "(", "]" if high_inclusive else ")")
     raise ConfigError(f"{field}={value!r} is out of range; it must lie in {brackets[0]}{lo}, {hi}{brackets[1]}")
   return value

@@ -35,7 +35,7 @@ from modgap_jax import (
 )
 from modgap_jax import train_step as train_step_lib
 from modgap_jax import workdir as workdir_lib
-from modgap_jax.data import resident
+from modgap_jax.data import resident, text
 from modgap_jax.errors import ConfigError, NonFiniteError, Preempted, check_choice, check_number
 from modgap_jax.plots import training as training_plots
 from modgap_jax.train_step import TrainState, init_state, learning_rate_schedule, make_optimizer
@@ -210,6 +210,8 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
   num_devices = jax.local_device_count() if num_devices is None else num_devices
   check_choice("dataset.name", config.dataset.name, data.DATASETS)
   check_choice("dataset.tokenizer", config.dataset.tokenizer, data.TOKENIZER_KINDS)
+  if config.dataset.tokenizer == "bpe":  # the byte tokenizer's fixed size is checked once it is made
+    text.bpe.check_vocab_size(config.model.vocab_size, "model.vocab_size")
   swap.check_swap(config.swap.method, config.swap.p)
   temperature.spec_from_config(config.temperature, schedule_duration=1)  # a spec checks its fields
   models.check_model_config(config.model)

@@ -16,7 +16,7 @@ import pytest
 from modgap_jax import checkpoint, study, train, train_step
 from modgap_jax import workdir as workdir_lib
 from modgap_jax.data import resident
-from modgap_jax.errors import ConfigError, NonFiniteError, Preempted
+from modgap_jax.errors import ConfigError, NonFiniteError, Preempted, check_number, check_range
 from tests.test_train import REPO, digits_config
 
 BAD_STEP = 4  # the injected fault hits the step that starts from state.step == 4, i.e. step 5
@@ -324,6 +324,7 @@ BAD_INPUTS = [
   ((D, "--config.temperature.tau_init=nan"), "temperature.tau_init", False),
   ((D, "--config.temperature.lr_multiplier=inf"), "temperature.lr_multiplier=inf must be finite", False),
   ((D, "--config.seed=2147483648"), "seed=2147483648 is out of range", False),
+  ((D, "--config.dataset.tokenizer=bpe", "--config.model.vocab_size=10"), "model.vocab_size=10 must be", False),
   ((D, "--config.dataset.crop_ratio=(2.0, 1.0)"), "dataset.crop_ratio=(2.0, 1.0)", False),
   (("--config=configs/dynamics.py", "--config.temperature.mode=capped"), "temperature.mode='capped'", False),
   (("--config=configs/dynamics.py", "--config.time.t_max=inf"), "time.t_max=inf must be finite", False),
@@ -368,6 +369,7 @@ BAD_INPUTS = [
   ((D, "--config.model.embed_dim=0"), "model.embed_dim", False),
   ((D, "--config.model.resnet.width=0"), "model.resnet.width", False),
   ((D, "--config.nope=1"), "no such config field", False),
+  ((D, "--workdir="), "--workdir is empty", False),
   ((D, "--config.batch_size=abc"), "batch_size", False),
   ((D, "--config.task=bogus"), "config.task='bogus'", False),
   (("--config=configs/study.py:table9",), "study='table9'", False),
@@ -405,7 +407,8 @@ def bad_input_results(tmp_path_factory, digits_dir):
     data_dir = digits_dir if reads_data else str(case_dir / "tfds")
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "TFDS_DATA_DIR": data_dir}
     done = subprocess.run(
-      [sys.executable, "-m", "experiments.main", *flags, f"--workdir={case_dir / 'w'}"],
+      # The case's flags come last, so a case can override --workdir too.
+      [sys.executable, "-m", "experiments.main", f"--workdir={case_dir / 'w'}", *flags],
       cwd=REPO,
       env=env,
       capture_output=True,
@@ -416,6 +419,41 @@ def bad_input_results(tmp_path_factory, digits_dir):
 
   with concurrent.futures.ThreadPoolExecutor(4) as pool:
     return cases, list(pool.map(run, range(len(cases))))
+
+
+def test_check_range_and_check_number_accept_exactly_their_interval():
+  inf, nan = float("inf"), float("nan")
+  # (value, low, high, low_inclusive, high_inclusive, inside?) against the interval's definition.
+  cases = [
+    (0.0, 0.0, None, True, True, True),
+    (0.0, 0.0, None, False, True, False),
+    (1e300, 0.0, None, True, True, True),
+    (inf, 0.0, None, True, True, False),  # a missing bound is open: inf is never inside
+    (-inf, None, 1.0, True, True, False),
+    (nan, 0.0, 1.0, True, True, False),
+    (1.0, 0.0, 1.0, True, False, False),
+    (1.0, 0.0, 1.0, True, True, True),
+  ]
+  for value, low, high, low_inc, high_inc, inside in cases:
+    kwargs = dict(low_inclusive=low_inc, high_inclusive=high_inc)
+    if inside:
+      assert check_range("f", value, low, high, **kwargs) == value
+    else:
+      with pytest.raises(ConfigError, match=r"^f=.* is out of range; it must lie in "):
+        check_range("f", value, low, high, **kwargs)
+  assert (
+    check_number("n", np.int64(7), 1, integer=True) == 7 and type(check_number("n", np.int64(7), integer=True)) is int
+  )
+  for value, message in (
+    (True, "must be a number"),
+    ("3", "must be a number"),
+    (inf, "must be finite"),
+    (nan, "must be finite"),
+  ):
+    with pytest.raises(ConfigError, match=f"^x=.* {message}$"):
+      check_number("x", value)
+  with pytest.raises(ConfigError, match="^k=3.0 must be an integer$"):
+    check_number("k", 3.0, integer=True)
 
 
 def test_bad_input_table_has_at_least_40_cases(bad_input_results):

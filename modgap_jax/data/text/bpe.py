@@ -89,10 +89,11 @@ def _merge_pair(symbols: Sequence[int], pair: tuple[int, int], new: int) -> list
   return out
 
 
-def _check_vocab_size(vocab_size: int) -> None:
+def check_vocab_size(vocab_size: int, field: str = "vocab_size") -> None:
+  """Raises a one-line ConfigError, naming ``field``, unless BPE's fixed ids fit in ``vocab_size``."""
   if not isinstance(vocab_size, (int, np.integer)) or vocab_size < MIN_VOCAB_SIZE:
     raise ConfigError(
-      f"vocab_size={vocab_size!r} must be an integer >= {MIN_VOCAB_SIZE} (padding, 256 bytes, end-of-word, SOT and EOT)"
+      f"{field}={vocab_size!r} must be an integer >= {MIN_VOCAB_SIZE} (padding, 256 bytes, end-of-word, SOT and EOT)"
     )
 
 
@@ -107,7 +108,7 @@ def train_bpe(texts: str | Iterable[str], vocab_size: int) -> BPETokenizer:
   Returns:
     A :class:`BPETokenizer` with ``vocab_size <= vocab_size``.
   """
-  _check_vocab_size(vocab_size)
+  check_vocab_size(vocab_size)
   if isinstance(texts, str):
     texts = [texts]
   piece_counts = Counter(piece for text in texts for piece in _pieces(text))
