@@ -6,6 +6,7 @@ Models are tiny so that every test compiles in seconds on CPU; RN50 is checked w
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -344,6 +345,24 @@ def test_conv2d_matches_numpy_float64(side, kernel, stride):
   assert variables['params']['kernel'].shape == (kernel, kernel, 4, 5)  # nn.Conv's name and shape
   got = jax.jit(conv.apply)(variables, x)
   ref = _np_conv(np.asarray(x, np.float64), np.asarray(variables['params']['kernel'], np.float64), stride)
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('channels', [8, 64], ids=['one channel per group', 'two channels per group'])
+def test_group_norm_matches_numpy_float64_and_keeps_flax_param_paths(channels):
+  norm = models.resnet.make_norm('group', train=True, axis_name=None, dtype=jnp.float32, name='norm')
+  x = 3.0 * _images(jax.random.key(23), 3, 5, channels=channels) + 1.5  # off-centre, so μ matters
+  variables = jax.jit(norm.init)(_key(24), x)
+  # The paths flax.linen.GroupNorm gave, so checkpoints written before still restore.
+  assert jax.tree.map(jnp.shape, variables) == {'params': {'group_norm': {'scale': (channels,), 'bias': (channels,)}}}
+  variables = {'params': _perturbed(variables['params'], 25)}
+  got = jax.jit(norm.apply)(variables, x)
+  groups = math.gcd(32, channels)
+  xs = np.asarray(x, np.float64).reshape(3, 5, 5, groups, channels // groups)
+  mu = xs.mean(axis=(1, 2, 4), keepdims=True)
+  var = ((xs - mu) ** 2).mean(axis=(1, 2, 4), keepdims=True)
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables['params']['group_norm'])
+  ref = ((xs - mu) / np.sqrt(var + 1e-5)).reshape(x.shape) * p['scale'] + p['bias']
   np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 

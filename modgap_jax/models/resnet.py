@@ -86,23 +86,57 @@ def make_norm(
 
 
 class _GroupNorm(nn.Module):
-  """GroupNorm with gcd(32, C) groups, so narrow tiny-config layers still divide evenly."""
+  """GroupNorm with gcd(32, C) groups, so narrow tiny-config layers still divide evenly.
+
+  The inner module's name keeps the parameter paths (``…/group_norm/{scale,bias}``) of the
+  ``flax.linen.GroupNorm`` this layer used before, so earlier checkpoints still restore.
+  """
 
   dtype: Dtype = jnp.float32
   scale_init: Any = nn.initializers.ones
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    groups = math.gcd(32, x.shape[-1])
-    return nn.GroupNorm(
-      num_groups=groups,
-      epsilon=1e-5,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
-      use_fast_variance=False,
-      scale_init=self.scale_init,
-      name='group_norm',
+    return GroupNorm(
+      num_groups=math.gcd(32, x.shape[-1]), dtype=self.dtype, scale_init=self.scale_init, name='group_norm'
     )(x)
+
+
+class GroupNorm(nn.Module):
+  """Group normalisation of NHWC maps, statistics in float32, two-pass variance.
+
+  For the channels c of group g (C/G of them) and n = H·W·C/G values per example:
+    μ_g = (1/n) Σ_{h,w,c∈g} x_hwc,   σ²_g = (1/n) Σ_{h,w,c∈g} (x_hwc − μ_g)²,
+    y_hwc = (x_hwc − μ_g) / √(σ²_g + ε) · γ_c + b_c.
+  The same numbers as ``flax.linen.GroupNorm(use_fast_variance=False)``.
+  """
+
+  num_groups: int
+  epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+  scale_init: Any = nn.initializers.ones
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    scale = self.param('scale', self.scale_init, (channels,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (channels,), jnp.float32)
+    x = x.astype(jnp.float32)
+    # Each sum runs over the spatial axes per channel first, then over a group's channels (equal
+    # counts, so the mean of means is the group mean). Reducing over (H, W, C/G) of a 5-D
+    # reshape in one go made XLA:CPU transpose the maps: the default config's image tower took
+    # 78 ms fwd+bwd that way against 62 ms this way (2-core CPU, batch 128).
+    mean = self._group_mean(jnp.mean(x, axis=(1, 2)))
+    centred = x - mean[:, None, None, :]
+    variance = self._group_mean(jnp.mean(jnp.square(centred), axis=(1, 2)))
+    multiplier = jax.lax.rsqrt(variance + self.epsilon) * scale
+    return (centred * multiplier[:, None, None, :] + bias).astype(self.dtype)
+
+  def _group_mean(self, per_channel: jax.Array) -> jax.Array:
+    """[N, C] per-channel values → each group's mean, repeated over the group's channels."""
+    n, channels = per_channel.shape
+    grouped = per_channel.reshape(n, self.num_groups, channels // self.num_groups)
+    return jnp.broadcast_to(jnp.mean(grouped, axis=-1, keepdims=True), grouped.shape).reshape(n, channels)
 
 
 class Conv2d(nn.Module):
