@@ -49,23 +49,56 @@ def pca_2d(*sets: np.ndarray) -> list[np.ndarray]:
   return [(s - mean) @ vt[:2].T for s in sets]
 
 
+def gap_axis_2d(image_emb: np.ndarray, text_emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Coordinates that show the gap whatever its share of the variance.
+
+  x = ⟨e − m, u⟩ on the unit gap vector u = g/‖g‖, g = mean(image) − mean(text) (MATH.md §2),
+  so the two modalities' mean x differ by exactly ‖g‖ = Δ; y = ⟨e − m, v⟩ on the top principal
+  axis v of what the union varies in once u is projected out (v ⟂ u). m is the union's mean.
+  Plain PCA hides a gap of 0.2 when the within-modality spread is larger: then PC 1 and 2
+  follow the spread and the two clouds overlap on the page.
+  """
+  image_emb, text_emb = np.asarray(image_emb, np.float64), np.asarray(text_emb, np.float64)
+  gap = image_emb.mean(axis=0) - text_emb.mean(axis=0)
+  norm = np.linalg.norm(gap)
+  u = gap / norm if norm > 0 else np.eye(len(gap))[0]
+  union = np.concatenate([image_emb, text_emb])
+  centred = union - union.mean(axis=0)
+  rest = centred - np.outer(centred @ u, u)
+  _, _, vt = np.linalg.svd(rest, full_matrices=False)
+  coords = np.stack([centred @ u, centred @ vt[0]], axis=1)
+  return coords[: len(image_emb)], coords[len(image_emb) :]
+
+
 def plot_embedding_pca(
   image_emb: np.ndarray, text_emb: np.ndarray, path: str, *, max_pairs: int = 300, title: str = "", seed: int = 0
 ) -> None:
-  """Figure 1 style: PCA of paired image (red) and text (blue) embeddings, pairs joined."""
+  """Figure 1 style, two panels of the same paired image (red) and text (blue) embeddings.
+
+  Left: PCA of the union (:func:`pca_2d`). Right: the gap axis against the top principal
+  axis of the rest (:func:`gap_axis_2d`), where the two modalities' centres (the large crosses)
+  lie Δ apart along x. Pairs are joined by grey lines.
+  """
   n = len(image_emb)
   keep = np.random.default_rng(seed).choice(n, size=min(n, max_pairs), replace=False)
-  img2d, txt2d = pca_2d(image_emb[keep], text_emb[keep])
-  fig, ax = plt.subplots(figsize=(5.2, 5.2))
-  for a, b in zip(img2d, txt2d):
-    ax.plot([a[0], b[0]], [a[1], b[1]], color="0.6", lw=0.4, alpha=0.6, zorder=1)
-  ax.scatter(img2d[:, 0], img2d[:, 1], s=9, color=IMAGE_COLOR, label="image", zorder=2)
-  ax.scatter(txt2d[:, 0], txt2d[:, 1], s=9, color=TEXT_COLOR, label="text", zorder=2)
-  ax.set_xlabel("PC 1")
-  ax.set_ylabel("PC 2")
-  ax.set_title(title or "image and text embeddings (PCA)")
-  ax.legend(fontsize=8)
-  ax.set_aspect("equal", adjustable="datalim")
+  panels = (
+    (pca_2d(image_emb[keep], text_emb[keep]), ("PC 1", "PC 2"), "PCA"),
+    (gap_axis_2d(image_emb[keep], text_emb[keep]), ("gap direction g/‖g‖", "top PC of the rest"), "gap axis"),
+  )
+  fig, axes = plt.subplots(1, 2, figsize=(10.4, 5.2))
+  for ax, ((img2d, txt2d), (xlabel, ylabel), name) in zip(axes, panels):
+    for a, b in zip(img2d, txt2d):
+      ax.plot([a[0], b[0]], [a[1], b[1]], color="0.6", lw=0.4, alpha=0.6, zorder=1)
+    ax.scatter(img2d[:, 0], img2d[:, 1], s=9, color=IMAGE_COLOR, label="image", zorder=2)
+    ax.scatter(txt2d[:, 0], txt2d[:, 1], s=9, color=TEXT_COLOR, label="text", zorder=2)
+    for points, color in ((img2d, IMAGE_COLOR), (txt2d, TEXT_COLOR)):  # each modality's centre
+      ax.scatter(*points.mean(axis=0), s=160, marker="X", color=color, edgecolor="black", zorder=3)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(name)
+    ax.legend(fontsize=8)
+    ax.set_aspect("equal", adjustable="datalim")
+  fig.suptitle(title or "image and text embeddings")
   fig.tight_layout()
   _save(fig, path)
 
