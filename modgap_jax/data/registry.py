@@ -136,16 +136,12 @@ def builder(
   return BUILDERS[name](**kwargs)
 
 
-def prepare(
-  name: str,
-  data_dir: str | os.PathLike | None = None,
-  *,
-  source_dir: str | os.PathLike | None = None,
-  path: str | os.PathLike | None = None,
-  **file_kwargs,
-) -> tfds.core.DatasetBuilder:
-  """Builds dataset ``name`` into ``data_dir`` unless it is there already; returns the builder."""
-  dataset_builder = builder(name, data_dir, source_dir=source_dir, path=path, **file_kwargs)
+def prepare(name: str, data_dir: str | os.PathLike | None = None, **builder_kwargs) -> tfds.core.DatasetBuilder:
+  """Builds dataset ``name`` into ``data_dir`` unless it is there already; returns the builder.
+
+  ``builder_kwargs``: ``source_dir``, ``path`` and the file options, as for :func:`builder`.
+  """
+  dataset_builder = builder(name, data_dir, **builder_kwargs)
   if not dataset_builder.is_prepared():
     if name == "fashion_mnist_local":
       # Checked here too, so that the error is ours and not wrapped by TFDS.

@@ -49,23 +49,28 @@ def pca_2d(*sets: np.ndarray) -> list[np.ndarray]:
   return [(s - mean) @ vt[:2].T for s in sets]
 
 
+def paired_pca_axes(ax, image_emb: np.ndarray, text_emb: np.ndarray, *, marker_size=9, legend_size=8) -> None:
+  """Draws pairs (image_k, text_k) on their top two principal axes: images red, texts blue, pairs joined."""
+  img2d, txt2d = pca_2d(image_emb, text_emb)
+  for a, b in zip(img2d, txt2d):
+    ax.plot([a[0], b[0]], [a[1], b[1]], color="0.6", lw=0.4, alpha=0.6, zorder=1)
+  ax.scatter(img2d[:, 0], img2d[:, 1], s=marker_size, color=IMAGE_COLOR, label="image", zorder=2)
+  ax.scatter(txt2d[:, 0], txt2d[:, 1], s=marker_size, color=TEXT_COLOR, label="text", zorder=2)
+  ax.set_xlabel("PC 1")
+  ax.set_ylabel("PC 2")
+  ax.legend(fontsize=legend_size)
+  ax.set_aspect("equal", adjustable="datalim")
+
+
 def plot_embedding_pca(
   image_emb: np.ndarray, text_emb: np.ndarray, path: str, *, max_pairs: int = 300, title: str = "", seed: int = 0
 ) -> None:
   """Figure 1 style: PCA of paired image (red) and text (blue) embeddings, pairs joined."""
   n = len(image_emb)
   keep = np.random.default_rng(seed).choice(n, size=min(n, max_pairs), replace=False)
-  img2d, txt2d = pca_2d(image_emb[keep], text_emb[keep])
   fig, ax = plt.subplots(figsize=(5.2, 5.2))
-  for a, b in zip(img2d, txt2d):
-    ax.plot([a[0], b[0]], [a[1], b[1]], color="0.6", lw=0.4, alpha=0.6, zorder=1)
-  ax.scatter(img2d[:, 0], img2d[:, 1], s=9, color=IMAGE_COLOR, label="image", zorder=2)
-  ax.scatter(txt2d[:, 0], txt2d[:, 1], s=9, color=TEXT_COLOR, label="text", zorder=2)
-  ax.set_xlabel("PC 1")
-  ax.set_ylabel("PC 2")
+  paired_pca_axes(ax, image_emb[keep], text_emb[keep])
   ax.set_title(title or "image and text embeddings (PCA)")
-  ax.legend(fontsize=8)
-  ax.set_aspect("equal", adjustable="datalim")
   fig.tight_layout()
   _save(fig, path)
 

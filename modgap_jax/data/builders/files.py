@@ -71,6 +71,12 @@ class FilesConfig(tfds.core.BuilderConfig):
   options: FileOptions | None = None
 
 
+def _check_whole(field: str, value, must_be: str) -> None:
+  """``dataset.<field>`` is an integer >= 0 (not a bool); else a one-line ConfigError saying what it must be."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+    raise ConfigError(f"dataset.{field}={value!r} must be {must_be}")
+
+
 def check_options(dataset: str, options: FileOptions) -> FileOptions:
   """Returns the options with ``path`` resolved; one-line ConfigError for a bad field."""
   if not options.path:
@@ -78,20 +84,10 @@ def check_options(dataset: str, options: FileOptions) -> FileOptions:
   root = pathlib.Path(options.path).expanduser().resolve()
   if not root.is_dir():
     raise ConfigError(f"dataset.path={str(root)!r} is not a folder (dataset={dataset!r})")
-  if (
-    isinstance(options.store_size, bool)
-    or not isinstance(options.store_size, (int, np.integer))
-    or options.store_size < 0
-  ):
-    raise ConfigError(f"dataset.store_size={options.store_size!r} must be an integer >= 0 (0 keeps images as they are)")
+  _check_whole("store_size", options.store_size, "an integer >= 0 (0 keeps images as they are)")
   if not 0.0 < float(options.test_fraction) < 1.0:
     raise ConfigError(f"dataset.test_fraction={options.test_fraction!r} must lie in (0, 1)")
-  if (
-    isinstance(options.split_seed, bool)
-    or not isinstance(options.split_seed, (int, np.integer))
-    or options.split_seed < 0
-  ):
-    raise ConfigError(f"dataset.split_seed={options.split_seed!r} must be a non-negative integer")
+  _check_whole("split_seed", options.split_seed, "a non-negative integer")
   return dataclasses.replace(
     options,
     path=str(root),
