@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+import tqdm
 from PIL import Image, ImageOps
 
 from modgap_jax.data.builders import base
@@ -163,12 +164,16 @@ def default_threads() -> int:
 def prepare_images(
   paths: Sequence[str], store_size: int, upright: bool, num_threads: int | None = None
 ) -> Iterator[bytes]:
-  """:func:`prepare_image` over ``paths`` in a thread pool; yields the results in order."""
+  """:func:`prepare_image` over ``paths`` in a thread pool; yields the results in order, with a progress bar."""
   threads = num_threads or default_threads()
-  with concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="modgap_jax-images") as pool:
+  with (
+    concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="modgap_jax-images") as pool,
+    tqdm.tqdm(total=len(paths), desc="preparing images", unit="image", leave=False) as bar,
+  ):
     for start in range(0, len(paths), _CHUNK):
       chunk = paths[start : start + _CHUNK]
       yield from pool.map(prepare_image, chunk, [store_size] * len(chunk), [upright] * len(chunk))
+      bar.update(len(chunk))
 
 
 def check_files_exist(paths: Iterable[str], index_file: str) -> None:
