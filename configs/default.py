@@ -40,7 +40,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       test_fraction=0.1,  # image_text_folder without 'split' fields: share of images in 'test'
       split_seed=0,  # ... and which images those are (a SHA-256 hash of seed and image path)
       train_split="train",
-      eval_split="test",  # coco_raw: 'val' without Karpathy's file, which adds 'test' and 'restval'
+      # '' = the dataset's default: 'test'; coco_raw: Karpathy's 'test' when dataset_coco.json is
+      # found, else 'val' (one line says which). A named split the data lacks is an error.
+      eval_split="",
       zero_shot_label="subcategory",  # a label feature ('label' for image_text_folder); '' = no zero-shot
       tokenizer="bpe",  # BPE trained on the train captions ('byte' for raw UTF-8 bytes)
       # CLIP's RGB normalisation.

@@ -48,7 +48,7 @@ with "operator torchvision::nms does not exist". open_clip needs only torchvisio
 pure-Python transforms and ``FrozenBatchNorm2d``, so :func:`import_peer` declares the two
 missing op schemas and imports again; nothing here calls them.
 
-Results of runs on real hardware are recorded in README.md ("Benchmarks").
+Results of runs on real hardware are recorded in docs/benchmarks.md.
 """
 
 from __future__ import annotations

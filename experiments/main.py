@@ -14,9 +14,10 @@ import shlex
 import sys
 import traceback
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
+from modgap_jax import quiet
 from modgap_jax.errors import ConfigError, NonFiniteError, Preempted
 
 FLAGS = flags.FLAGS
@@ -25,6 +26,7 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, report
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 (jax.distributed).")
 flags.DEFINE_integer("num_processes", None, "Multi-host: the number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index in [0, num_processes).")
+flags.DEFINE_boolean("verbose", False, "Also show the third-party warnings that modgap_jax.quiet hides.")
 
 
 def cluster_detected(environ=os.environ) -> bool:
@@ -91,7 +93,7 @@ def init_distributed(coordinator_address, num_processes, process_id) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.WARNING)
+  quiet.configure(verbose=FLAGS.verbose, absl_verbosity_given=FLAGS["verbosity"].present)
   try:
     if not FLAGS.workdir.strip():
       raise ConfigError("--workdir is empty; give the directory the run writes into")

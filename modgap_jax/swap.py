@@ -29,19 +29,14 @@ from modgap_jax import errors, numerics
 SWAP_METHODS = ("none", "hard", "soft")
 
 
-def _check_p(p) -> None:
-  # A traced p (e.g. from a schedule) cannot be checked here; concrete ones can.
-  if isinstance(p, numbers.Real):
-    errors.check_range("swap.p", float(p), 0.0, 1.0)
-
-
 def check_swap(method: str, p) -> None:
   """The swap's fields: ``method`` ∈ SWAP_METHODS and, where concrete, p ∈ [0, 1].
 
   :func:`apply` runs it; a trainer calls it at its config boundary, before any write.
   """
   errors.check_choice("swap.method", method, SWAP_METHODS)
-  _check_p(p)
+  if isinstance(p, numbers.Real):  # a traced p (e.g. from a schedule) cannot be checked here
+    errors.check_range("swap.p", float(p), 0.0, 1.0)
 
 
 def _maybe_swap(key, image_emb, text_emb, p, swap_fn, renormalize):
@@ -75,50 +70,30 @@ def _soft_mix(key, x, y):
   return lam * x + (1 - lam) * y, lam * y + (1 - lam) * x
 
 
-def hard_swap(
-  key: jax.Array, image_emb: jax.Array, text_emb: jax.Array, p, *, renormalize: bool = True
-) -> tuple[jax.Array, jax.Array]:
-  """Hard swap (MATH.md §4.2 HS): with probability p, exchange each entry w.p. 0.5.
-
-  Args:
-    key: a ``jax.random`` key; one Bernoulli(p) draw decides the step, a second key the mask.
-    image_emb: H_X, [n, d].
-    text_emb: H_Y, [n, d].
-    p: the probability that this call swaps at all, in [0, 1].
-    renormalize: re-normalise the rows to the unit sphere after a swap.
-
-  Returns:
-    The (possibly) swapped ``(image_emb, text_emb)``, in the input dtypes.
-  """
-  _check_p(p)
-  return _maybe_swap(key, image_emb, text_emb, p, _hard_exchange, renormalize)
-
-
-def soft_swap(
-  key: jax.Array, image_emb: jax.Array, text_emb: jax.Array, p, *, renormalize: bool = True
-) -> tuple[jax.Array, jax.Array]:
-  """Soft swap (MATH.md §4.2 SS): with probability p, H_X ← Λ⊙H_X + (1−Λ)⊙H_Y and symmetrically.
-
-  Λ_ij ~ U[0, 1] elementwise; H_Y ← Λ⊙H_Y + (1−Λ)⊙H_X uses the same Λ and the original H_X.
-
-  Args:
-    key: a ``jax.random`` key; one Bernoulli(p) draw decides the step, a second key Λ.
-    image_emb: H_X, [n, d].
-    text_emb: H_Y, [n, d].
-    p: the probability that this call swaps at all, in [0, 1].
-    renormalize: re-normalise the rows to the unit sphere after a swap.
-
-  Returns:
-    The (possibly) mixed ``(image_emb, text_emb)``, in the input dtypes.
-  """
-  _check_p(p)
-  return _maybe_swap(key, image_emb, text_emb, p, _soft_mix, renormalize)
+# method -> the exchange it makes of (H_X, H_Y) once a step swaps.
+_EXCHANGES = {"hard": _hard_exchange, "soft": _soft_mix}
 
 
 def apply(
   key: jax.Array, image_emb: jax.Array, text_emb: jax.Array, method: str, p, renormalize: bool = True
 ) -> tuple[jax.Array, jax.Array]:
-  """Dispatches to the swap named by ``method`` ∈ SWAP_METHODS; 'none' is the identity.
+  """With probability p, swaps H_X and H_Y by ``method`` ∈ SWAP_METHODS (MATH.md §4.2); 'none' is the identity.
+
+  - 'hard' (HS): each entry (i, j) is exchanged between H_X and H_Y with probability 0.5;
+  - 'soft' (SS): Λ_ij ~ U[0, 1], H_X ← Λ⊙H_X + (1−Λ)⊙H_Y and H_Y ← Λ⊙H_Y + (1−Λ)⊙H_X,
+    with the same Λ and the original H_X on the right.
+
+  Args:
+    key: a ``jax.random`` key; one Bernoulli(p) draw decides the step, a second key the
+      exchange mask or Λ.
+    image_emb: H_X, [n, d].
+    text_emb: H_Y, [n, d].
+    method: 'none', 'hard' or 'soft'.
+    p: the probability that this call swaps at all, in [0, 1].
+    renormalize: re-normalise the rows to the unit sphere after a swap.
+
+  Returns:
+    The (possibly) swapped ``(image_emb, text_emb)``, in the input dtypes.
 
   Raises:
     ConfigError: ``method`` is unknown or a concrete ``p`` lies outside [0, 1].
@@ -126,5 +101,14 @@ def apply(
   check_swap(method, p)
   if method == "none":
     return image_emb, text_emb
-  fn = hard_swap if method == "hard" else soft_swap
-  return fn(key, image_emb, text_emb, p, renormalize=renormalize)
+  return _maybe_swap(key, image_emb, text_emb, p, _EXCHANGES[method], renormalize)
+
+
+def hard_swap(key: jax.Array, image_emb: jax.Array, text_emb: jax.Array, p, *, renormalize: bool = True):
+  """Hard swap (MATH.md §4.2 HS): ``apply(key, image_emb, text_emb, 'hard', p, renormalize)``."""
+  return apply(key, image_emb, text_emb, "hard", p, renormalize)
+
+
+def soft_swap(key: jax.Array, image_emb: jax.Array, text_emb: jax.Array, p, *, renormalize: bool = True):
+  """Soft swap (MATH.md §4.2 SS): ``apply(key, image_emb, text_emb, 'soft', p, renormalize)``."""
+  return apply(key, image_emb, text_emb, "soft", p, renormalize)

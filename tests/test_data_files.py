@@ -132,6 +132,37 @@ def test_coco_raw_finds_karpathy_in_the_root(tmp_path):
   assert len(data.load("coco_raw", "test", tmp_path / "cache", path=str(root), store_size=8)) == 2
 
 
+def test_coco_raw_evaluates_on_karpathy_test_when_found_else_val(coco_root, tmp_path, capsys):
+  from configs import default  # pylint: disable=g-import-not-at-top
+
+  config = default.get_config().dataset
+  config.name, config.path, config.store_size = "coco_raw", str(coco_root), 8
+  assert config.eval_split == ""  # The dataset's own choice.
+  said = []
+  assert registry.resolve_eval_split(config, say=said.append) == "val"
+  assert len(said) == 1 and "'val'" in said[0] and "dataset_coco.json" in said[0] and str(coco_root) in said[0]
+  # load() takes the same split for '', and says so on stderr once however often it is asked.
+  cache = tmp_path / "cache"
+  for _ in range(2):
+    assert _ids_and_captions(data.load_examples("coco_raw", "", cache, **data.file_options(config)))[0] == [10, 11, 12]
+  assert capsys.readouterr().err.count("coco_raw: evaluating on 'val' (val2017)") == 1
+  # With Karpathy's file: his 'test'.
+  karpathy = tmp_path / "dataset_coco.json"
+  _write_karpathy(karpathy)
+  config.karpathy_split = str(karpathy)
+  assert registry.resolve_eval_split(config, say=said.append) == "test"
+  assert len(said) == 2 and "Karpathy's 'test'" in said[1] and str(karpathy) in said[1]
+  # A named split is the user's: kept as it is, and one the files lack is still an error.
+  config.karpathy_split, config.eval_split = "", "test"
+  assert registry.resolve_eval_split(config, say=said.append) == "test" and len(said) == 2
+  message = _one_line_error("split='test'", data.load, "coco_raw", "test", cache, **data.file_options(config))
+  assert "it has 'train', 'val'" in message
+  # Every other dataset evaluates on 'test', which needs no words.
+  assert registry.default_eval_split("digits_captions") == ("test", "")
+  assert registry.resolve_eval_split({"name": "twemoji_captions", "eval_split": ""}, say=said.append) == "test"
+  assert len(said) == 2
+
+
 def test_builds_are_keyed_by_path_and_options(coco_root, tmp_path):
   def name(**kwargs):
     return registry.builder("coco_raw", tmp_path, **{"path": str(coco_root), **kwargs}).builder_config.name

@@ -67,6 +67,8 @@ _EXPORTS = {
   "DATASETS": ("registry", "DATASETS"),
   "FILE_DATASETS": ("registry", "FILE_DATASETS"),
   "file_options": ("registry", "file_options"),
+  "default_eval_split": ("registry", "default_eval_split"),
+  "resolve_eval_split": ("registry", "resolve_eval_split"),
   "LABEL_KEYS": ("registry", "LABEL_KEYS"),
   "SPLITS": ("registry", "SPLITS"),
   "builder": ("registry", "builder"),

@@ -69,7 +69,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from modgap_jax import numerics
+from modgap_jax import numerics, quiet
 from modgap_jax.data import examples as examples_lib
 from modgap_jax.data import text
 from modgap_jax.errors import ConfigError, check_number
@@ -527,7 +527,8 @@ def grain_train_batches(
   batches = steps.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=buffer_size))
   # Worker w makes steps w, w + W, ...; grain interleaves them back in step order.
   batches = batches.mp_prefetch(
-    grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=buffer_size)
+    grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=buffer_size),
+    worker_init_fn=quiet.worker_init_fn(),  # workers hide the third-party lines the entry point hides
   )
   return iter(batches.map(add_text))
 

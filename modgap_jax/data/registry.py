@@ -9,13 +9,20 @@ Two datasets are read from the user's files (``FILE_DATASETS``): ``coco_raw`` (a
 and ``image_text_folder`` (a folder with ``captions.jsonl``). They take ``path`` and the
 other :class:`files.FileOptions` fields as keyword arguments; :func:`file_options` picks
 them out of a config's ``dataset`` block.
+
+A run evaluates on ``config.dataset.eval_split``; '' (the default) means the dataset's own
+choice, :func:`resolve_eval_split`: 'test', except for coco_raw, whose choice depends on its
+files and is said in one line on stderr.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
+import sys
+from collections.abc import Callable
 
 import tensorflow_datasets as tfds
 
@@ -55,6 +62,9 @@ LABEL_KEYS = {
 
 _FILE_FIELDS = tuple(f.name for f in dataclasses.fields(files.FileOptions))
 
+# The evaluation split of every dataset whose choice does not depend on its files.
+DEFAULT_EVAL_SPLIT = "test"
+
 
 def label_keys(name: str) -> tuple[str, ...]:
   """The label features dataset ``name`` can have (empty for the COCO datasets)."""
@@ -86,6 +96,47 @@ def check_split(name: str, split: str) -> str:
   for part in str(split).split("+"):
     base = re.sub(r"\[.*\]$", "", part.strip())
     check_choice(f"split (of {name})", base, SPLITS[name])
+  return split
+
+
+@functools.cache
+def say_once(line: str) -> None:
+  """Prints ``line`` to stderr the first time this process asks (a study loads its data per run)."""
+  print(line, file=sys.stderr)
+
+
+def default_eval_split(name: str, path: str | os.PathLike | None = None, **file_kwargs) -> tuple[str, str]:
+  """The split dataset ``name`` evaluates on when none is named, and a line saying why ('' if obvious).
+
+  ``DEFAULT_EVAL_SPLIT`` ('test'), except for coco_raw: Karpathy's 'test' when his file is
+  found, else 'val' (:func:`coco_raw.default_eval_split`). ``path`` and ``file_kwargs`` are
+  the file options, as for :func:`builder`; ConfigError for a bad one.
+  """
+  check_choice("dataset", name, DATASETS)
+  if name != coco_raw.NAME:
+    return DEFAULT_EVAL_SPLIT, ""
+  fields = {k: v for k, v in file_kwargs.items() if k in _FILE_FIELDS and k != "path" and v is not None}
+  return coco_raw.default_eval_split(files.FileOptions(path=os.fspath(path or ""), **fields))
+
+
+def resolve_eval_split(dataset_config, *, say: Callable[[str], None] | None = say_once) -> str:
+  """The split a run evaluates on: ``dataset_config.eval_split``, or when that is '' the dataset's default.
+
+  Args:
+    dataset_config: a config's ``dataset`` block (``name``, ``eval_split``, the file options).
+    say: called with the one line that names a default chosen from the files (coco_raw);
+      by default printed to stderr once per process; None stays silent.
+
+  Returns:
+    A split name for :func:`load`. A named split is returned as it is, so one that the
+    dataset lacks still fails in :func:`load` with a line naming the splits it has.
+  """
+  split = dataset_config.get("eval_split", "")
+  if split:
+    return split
+  split, why = default_eval_split(dataset_config["name"], **file_options(dataset_config))
+  if why and say is not None:
+    say(why)
   return split
 
 
@@ -136,16 +187,12 @@ def builder(
   return BUILDERS[name](**kwargs)
 
 
-def prepare(
-  name: str,
-  data_dir: str | os.PathLike | None = None,
-  *,
-  source_dir: str | os.PathLike | None = None,
-  path: str | os.PathLike | None = None,
-  **file_kwargs,
-) -> tfds.core.DatasetBuilder:
-  """Builds dataset ``name`` into ``data_dir`` unless it is there already; returns the builder."""
-  dataset_builder = builder(name, data_dir, source_dir=source_dir, path=path, **file_kwargs)
+def prepare(name: str, data_dir: str | os.PathLike | None = None, **builder_kwargs) -> tfds.core.DatasetBuilder:
+  """Builds dataset ``name`` into ``data_dir`` unless it is there already; returns the builder.
+
+  ``builder_kwargs``: ``source_dir``, ``path`` and the file options, as for :func:`builder`.
+  """
+  dataset_builder = builder(name, data_dir, **builder_kwargs)
   if not dataset_builder.is_prepared():
     if name == "fashion_mnist_local":
       # Checked here too, so that the error is ours and not wrapped by TFDS.
@@ -183,7 +230,9 @@ def load(
 
   Args:
     name: one of ``DATASETS``.
-    split: one of the dataset's ``SPLITS`` (TFDS slicing such as 'train[:10%]' works).
+    split: one of the dataset's ``SPLITS`` (TFDS slicing such as 'train[:10%]' works); ''
+      takes its default evaluation split (:func:`default_eval_split`, said once on stderr
+      where it depends on the files).
     data_dir: cache directory; default ``$TFDS_DATA_DIR`` or ``~/.cache/modgap_jax/tensorflow_datasets``.
     source_dir: fashion_mnist_local only; see :func:`builder`.
     path, **file_kwargs: coco_raw and image_text_folder only; see :func:`builder`.
@@ -193,6 +242,10 @@ def load(
     give dicts of NumPy values (see each builder's docstring for the features).
   """
   check_choice("dataset", name, DATASETS)
+  if not split:
+    split, why = default_eval_split(name, path, **file_kwargs)
+    if why:
+      say_once(why)
   check_split(name, split)
   if name == coco.NAME:
     if source_dir is not None:

@@ -137,43 +137,34 @@ def _check_transformer(prefix: str, cfg: ml_collections.ConfigDict) -> None:
   _divisible(f'{prefix}.width', width, f'{prefix}.heads', _positive_int(f'{prefix}.heads', cfg.heads))
 
 
+def _transformer_shape(cfg: ml_collections.ConfigDict) -> dict[str, int]:
+  """The ``width``, ``depth`` and ``heads`` of a ViT or text Transformer config block."""
+  return dict(width=cfg.width, depth=cfg.depth, heads=cfg.heads)
+
+
 def create_model(model_cfg: ml_collections.ConfigDict, nu_init: float) -> CLIP:
   """Builds a :class:`CLIP` from a model config that passes :func:`check_model_config` (checked here)."""
   check_model_config(model_cfg)
   cfg = model_cfg
-  dtype = DTYPES[cfg.get('dtype', 'float32')]
+  # Every tower maps into the joint space at one compute dtype (parameters stay float32).
+  joint = dict(output_dim=cfg.embed_dim, dtype=DTYPES[cfg.get('dtype', 'float32')])
   if cfg.image_tower == 'resnet':
     r = cfg.resnet
     image = ModifiedResNet(
       layers=tuple(r.layers),
-      output_dim=cfg.embed_dim,
       heads=r.heads,
       image_size=cfg.image_size,
       width=r.width,
       norm=r.norm,
       axis_name=r.get('axis_name', None),
-      dtype=dtype,
+      **joint,
     )
   else:
-    v = cfg.vit
     image = VisionTransformer(
-      image_size=cfg.image_size,
-      patch_size=v.patch_size,
-      width=v.width,
-      depth=v.depth,
-      heads=v.heads,
-      output_dim=cfg.embed_dim,
-      dtype=dtype,
+      image_size=cfg.image_size, patch_size=cfg.vit.patch_size, **_transformer_shape(cfg.vit), **joint
     )
-  t = cfg.text
   text = TextTransformer(
-    vocab_size=cfg.vocab_size,
-    context_length=cfg.context_length,
-    width=t.width,
-    depth=t.depth,
-    heads=t.heads,
-    output_dim=cfg.embed_dim,
-    dtype=dtype,
+    vocab_size=cfg.vocab_size, context_length=cfg.context_length, **_transformer_shape(cfg.text), **joint
   )
   return CLIP(image=image, text=text, nu_init=float(nu_init))
 

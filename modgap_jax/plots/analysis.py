@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
-from modgap_jax.plots.training import IMAGE_COLOR, TEXT_COLOR, _save, pca_2d  # noqa: E402
+from modgap_jax.plots.training import IMAGE_COLOR, TEXT_COLOR, _save, paired_pca_axes  # noqa: E402
 
 CROSS_COLOR = "tab:purple"
 PAIRED_COLOR = "tab:green"
@@ -38,16 +38,8 @@ def sample_pairs(
 
 
 def _pca_axes(ax, x: np.ndarray, y: np.ndarray, title: str) -> None:
-  x2, y2 = pca_2d(x, y)
-  for a, b in zip(x2, y2):
-    ax.plot([a[0], b[0]], [a[1], b[1]], color="0.6", lw=0.4, alpha=0.6, zorder=1)
-  ax.scatter(x2[:, 0], x2[:, 1], s=8, color=IMAGE_COLOR, label="image", zorder=2)
-  ax.scatter(y2[:, 0], y2[:, 1], s=8, color=TEXT_COLOR, label="text", zorder=2)
-  ax.set_xlabel("PC 1")
-  ax.set_ylabel("PC 2")
+  paired_pca_axes(ax, x, y, marker_size=8, legend_size=7)
   ax.set_title(title, fontsize=9)
-  ax.legend(fontsize=7)
-  ax.set_aspect("equal", adjustable="datalim")
 
 
 def plot_pca(x: np.ndarray, y: np.ndarray, path: str, *, title: str = "") -> None:

@@ -70,6 +70,23 @@ def gap_axis_2d(image_emb: np.ndarray, text_emb: np.ndarray) -> tuple[np.ndarray
   return coords[: len(image_emb)], coords[len(image_emb) :]
 
 
+def draw_pairs(ax, img2d: np.ndarray, txt2d: np.ndarray, *, axis_labels=("PC 1", "PC 2"), marker_size=9, legend_size=8):
+  """Draws 2-D pairs (image_k, text_k): images red, texts blue, each pair joined by a grey line."""
+  for a, b in zip(img2d, txt2d):
+    ax.plot([a[0], b[0]], [a[1], b[1]], color="0.6", lw=0.4, alpha=0.6, zorder=1)
+  ax.scatter(img2d[:, 0], img2d[:, 1], s=marker_size, color=IMAGE_COLOR, label="image", zorder=2)
+  ax.scatter(txt2d[:, 0], txt2d[:, 1], s=marker_size, color=TEXT_COLOR, label="text", zorder=2)
+  ax.set_xlabel(axis_labels[0])
+  ax.set_ylabel(axis_labels[1])
+  ax.legend(fontsize=legend_size)
+  ax.set_aspect("equal", adjustable="datalim")
+
+
+def paired_pca_axes(ax, image_emb: np.ndarray, text_emb: np.ndarray, *, marker_size=9, legend_size=8) -> None:
+  """Draws pairs (image_k, text_k) on their top two principal axes (:func:`draw_pairs`)."""
+  draw_pairs(ax, *pca_2d(image_emb, text_emb), marker_size=marker_size, legend_size=legend_size)
+
+
 def plot_embedding_pca(
   image_emb: np.ndarray, text_emb: np.ndarray, path: str, *, max_pairs: int = 300, title: str = "", seed: int = 0
 ) -> None:
@@ -86,18 +103,11 @@ def plot_embedding_pca(
     (gap_axis_2d(image_emb[keep], text_emb[keep]), ("gap direction g/‖g‖", "top PC of the rest"), "gap axis"),
   )
   fig, axes = plt.subplots(1, 2, figsize=(10.4, 5.2))
-  for ax, ((img2d, txt2d), (xlabel, ylabel), name) in zip(axes, panels):
-    for a, b in zip(img2d, txt2d):
-      ax.plot([a[0], b[0]], [a[1], b[1]], color="0.6", lw=0.4, alpha=0.6, zorder=1)
-    ax.scatter(img2d[:, 0], img2d[:, 1], s=9, color=IMAGE_COLOR, label="image", zorder=2)
-    ax.scatter(txt2d[:, 0], txt2d[:, 1], s=9, color=TEXT_COLOR, label="text", zorder=2)
+  for ax, ((img2d, txt2d), axis_labels, name) in zip(axes, panels):
+    draw_pairs(ax, img2d, txt2d, axis_labels=axis_labels)
     for points, color in ((img2d, IMAGE_COLOR), (txt2d, TEXT_COLOR)):  # each modality's centre
       ax.scatter(*points.mean(axis=0), s=160, marker="X", color=color, edgecolor="black", zorder=3)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
     ax.set_title(name)
-    ax.legend(fontsize=8)
-    ax.set_aspect("equal", adjustable="datalim")
   fig.suptitle(title or "image and text embeddings")
   fig.tight_layout()
   _save(fig, path)

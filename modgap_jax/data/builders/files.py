@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+import tqdm
 from PIL import Image, ImageOps
 
 from modgap_jax.data.builders import base
@@ -71,6 +72,12 @@ class FilesConfig(tfds.core.BuilderConfig):
   options: FileOptions | None = None
 
 
+def _check_whole(field: str, value, must_be: str) -> None:
+  """``dataset.<field>`` is an integer >= 0 (not a bool); else a one-line ConfigError saying what it must be."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+    raise ConfigError(f"dataset.{field}={value!r} must be {must_be}")
+
+
 def check_options(dataset: str, options: FileOptions) -> FileOptions:
   """Returns the options with ``path`` resolved; one-line ConfigError for a bad field."""
   if not options.path:
@@ -78,20 +85,10 @@ def check_options(dataset: str, options: FileOptions) -> FileOptions:
   root = pathlib.Path(options.path).expanduser().resolve()
   if not root.is_dir():
     raise ConfigError(f"dataset.path={str(root)!r} is not a folder (dataset={dataset!r})")
-  if (
-    isinstance(options.store_size, bool)
-    or not isinstance(options.store_size, (int, np.integer))
-    or options.store_size < 0
-  ):
-    raise ConfigError(f"dataset.store_size={options.store_size!r} must be an integer >= 0 (0 keeps images as they are)")
+  _check_whole("store_size", options.store_size, "an integer >= 0 (0 keeps images as they are)")
   if not 0.0 < float(options.test_fraction) < 1.0:
     raise ConfigError(f"dataset.test_fraction={options.test_fraction!r} must lie in (0, 1)")
-  if (
-    isinstance(options.split_seed, bool)
-    or not isinstance(options.split_seed, (int, np.integer))
-    or options.split_seed < 0
-  ):
-    raise ConfigError(f"dataset.split_seed={options.split_seed!r} must be a non-negative integer")
+  _check_whole("split_seed", options.split_seed, "a non-negative integer")
   return dataclasses.replace(
     options,
     path=str(root),
@@ -167,12 +164,16 @@ def default_threads() -> int:
 def prepare_images(
   paths: Sequence[str], store_size: int, upright: bool, num_threads: int | None = None
 ) -> Iterator[bytes]:
-  """:func:`prepare_image` over ``paths`` in a thread pool; yields the results in order."""
+  """:func:`prepare_image` over ``paths`` in a thread pool; yields the results in order, with a progress bar."""
   threads = num_threads or default_threads()
-  with concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="modgap_jax-images") as pool:
+  with (
+    concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="modgap_jax-images") as pool,
+    tqdm.tqdm(total=len(paths), desc="preparing images", unit="image", leave=False) as bar,
+  ):
     for start in range(0, len(paths), _CHUNK):
       chunk = paths[start : start + _CHUNK]
       yield from pool.map(prepare_image, chunk, [store_size] * len(chunk), [upright] * len(chunk))
+      bar.update(len(chunk))
 
 
 def check_files_exist(paths: Iterable[str], index_file: str) -> None:
