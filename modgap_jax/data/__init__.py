@@ -1,7 +1,7 @@
 """Offline datasets, tokenizers (bytes, or BPE trained on captions) and the input pipeline.
 
 Layout, one concern per place:
-  ``text/``       tokenizers (``base``, ``byte``, ``bpe``, ``factory``); imports no TFDS;
+  ``text/``       tokenizers (``base``, ``byte``, ``bpe``, ``words``, ``factory``); imports no TFDS;
   ``builders/``   the offline TFDS builders ``twemoji_captions``, ``digits_captions``,
                   ``mnist5k_captions``, ``fashion_mnist_local``, the builders of the
                   user's files ``coco_raw`` (a COCO root) and ``image_text_folder`` (a
@@ -14,7 +14,9 @@ Layout, one concern per place:
                   captions tokenized once;
   ``pipeline``    host-side batching: train/eval iterators, the multi-worker (grain)
                   training iterator, ``prefetch``;
-  ``resident``    a training split kept in device memory, batched inside the step.
+  ``resident``    a training split kept in device memory, batched inside the step;
+  ``scenes/``     the scenes world: images and captions drawn on the devices inside the
+                  step, a pure function of (seed, split, index); no files.
 
 This package imports its modules on first use (PEP 562 ``__getattr__``): ``data.text``
 alone never loads TFDS, while any name of the catalog (``data.load``, ``data.prepare``,
@@ -63,6 +65,8 @@ _EXPORTS = {
   "tokenize": ("text", "tokenize"),
   "tokenizer_from_json": ("text", "from_json"),
   "train_bpe": ("text", "train_bpe"),
+  "train_words": ("text", "train_words"),
+  "WordTokenizer": ("text", "WordTokenizer"),
   # Catalog.
   "DATASETS": ("registry", "DATASETS"),
   "FILE_DATASETS": ("registry", "FILE_DATASETS"),
@@ -100,7 +104,7 @@ _EXPORTS = {
   "train_batches": ("pipeline", "train_batches"),
   "TrainStream": ("pipeline", "TrainStream"),
 }
-_SUBMODULES = ("builders", "examples", "paths", "pipeline", "registry", "resident", "text", "zero_shot")
+_SUBMODULES = ("builders", "examples", "paths", "pipeline", "registry", "resident", "scenes", "text", "zero_shot")
 
 __all__ = sorted(_EXPORTS)
 

@@ -8,6 +8,8 @@ Modules, each importing only those above it in this list:
                module-level ``tokenize`` / ``detokenize`` that use it;
   ``bpe``      :class:`BPETokenizer` and :func:`train_bpe` (byte-level BPE trained on the
                training captions);
+  ``words``    :class:`WordTokenizer` (one id per word of a fixed list, e.g. the scenes
+               world's vocabulary) and :func:`train_words`;
   ``factory``  ``make_tokenizer(kind, captions, vocab_size)``, ``from_json`` and
                ``TOKENIZER_KINDS``.
 
@@ -24,6 +26,7 @@ from modgap_jax.data.text.base import PAD_ID, Tokenizer, check_context_length, n
 from modgap_jax.data.text.bpe import BPETokenizer, train_bpe
 from modgap_jax.data.text.byte import ByteTokenizer, detokenize, tokenize
 from modgap_jax.data.text.factory import TOKENIZER_KINDS, from_json, make_tokenizer
+from modgap_jax.data.text.words import WordTokenizer, train_words
 
 __all__ = [
   "PAD_ID",
@@ -36,6 +39,8 @@ __all__ = [
   "ByteTokenizer",
   "detokenize",
   "tokenize",
+  "WordTokenizer",
+  "train_words",
   "TOKENIZER_KINDS",
   "from_json",
   "make_tokenizer",

@@ -1,8 +1,8 @@
-"""Choosing a tokenizer by name and rebuilding one from JSON; sits above both kinds.
+"""Choosing a tokenizer by name and rebuilding one from JSON; sits above every kind.
 
-``make_tokenizer`` makes a run's tokenizer from its config (``'byte'``, or ``'bpe'``
-trained on the training captions), and ``from_json`` reads back what ``to_json()`` stored
-with the run.
+``make_tokenizer`` makes a run's tokenizer from its config (``'byte'``, ``'bpe'`` trained
+on the training captions, or ``'words'``, the training captions' word list), and
+``from_json`` reads back what ``to_json()`` stored with the run.
 """
 
 from __future__ import annotations
@@ -10,20 +10,21 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from modgap_jax.data.text import base, bpe, byte
+from modgap_jax.data.text import base, bpe, byte, words
 from modgap_jax.errors import ConfigError, check_choice
 
-TOKENIZER_KINDS = ("byte", "bpe")
+TOKENIZER_KINDS = ("byte", "bpe", "words")
 
 
 def make_tokenizer(kind: str, train_captions: Iterable[str] = (), vocab_size: int | None = None) -> base.Tokenizer:
-  """Returns the tokenizer of a run: ``'byte'``, or ``'bpe'`` trained on ``train_captions``.
+  """Returns the tokenizer of a run: ``'byte'``, or ``'bpe'`` / ``'words'`` made from ``train_captions``.
 
   Args:
-    kind: 'byte' or 'bpe'.
-    train_captions: the training split's captions, flat; only 'bpe' reads them.
-    vocab_size: for 'bpe', the most ids the trained tokenizer may use (see
-      :func:`bpe.train_bpe`); 'byte' ignores it (its size is fixed at 259).
+    kind: 'byte', 'bpe' or 'words'.
+    train_captions: the training split's captions, flat; 'bpe' and 'words' read them.
+    vocab_size: for 'bpe' and 'words', the most ids the tokenizer may use (see
+      :func:`bpe.train_bpe` and :func:`words.train_words`); 'byte' ignores it (its size
+      is fixed at 259).
 
   Returns:
     A :class:`base.Tokenizer`.
@@ -32,12 +33,14 @@ def make_tokenizer(kind: str, train_captions: Iterable[str] = (), vocab_size: in
   if kind == "byte":
     return byte.ByteTokenizer()
   if vocab_size is None:
-    raise ConfigError("vocab_size=None: a 'bpe' tokenizer needs a vocabulary size")
+    raise ConfigError(f"vocab_size=None: a {kind!r} tokenizer needs a vocabulary size")
+  if kind == "words":
+    return words.train_words(train_captions, vocab_size)
   return bpe.train_bpe(train_captions, vocab_size)
 
 
 def from_json(text: str) -> base.Tokenizer:
-  """Rebuilds a tokenizer from its ``to_json()`` string (either kind)."""
+  """Rebuilds a tokenizer from its ``to_json()`` string (any kind)."""
   try:
     kind = json.loads(text).get("kind")
   except (json.JSONDecodeError, AttributeError, TypeError) as error:
@@ -45,4 +48,6 @@ def from_json(text: str) -> base.Tokenizer:
   check_choice("tokenizer JSON 'kind'", kind, TOKENIZER_KINDS)
   if kind == "byte":
     return byte.ByteTokenizer()
+  if kind == "words":
+    return words.WordTokenizer.from_json(text)
   return bpe.BPETokenizer.from_json(text)
