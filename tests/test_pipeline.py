@@ -5,9 +5,7 @@ from any start step, on a real built split (digits_captions, built offline into 
 temporary data_dir) read in memory and per batch (the COCO path).
 """
 
-import contextlib
 import dataclasses
-import socket
 
 import numpy as np
 import pytest
@@ -18,27 +16,6 @@ from modgap_jax.errors import ConfigError
 # digits_captions has 1457 training images: 22 steps per epoch at 64 images a step.
 _STREAM = data.TrainStream(global_batch_size=64, num_devices=4, image_size=12, context_length=24, seed=5)
 _STEPS = 25  # Past the first epoch boundary.
-
-
-@contextlib.contextmanager
-def _no_network():
-  def refuse(*args, **kwargs):
-    raise OSError("network access is disabled in tests")
-
-  with pytest.MonkeyPatch.context() as patch:
-    for name in ("connect", "connect_ex"):
-      patch.setattr(socket.socket, name, refuse)
-    patch.setattr(socket, "create_connection", refuse)
-    patch.setattr(socket, "getaddrinfo", refuse)
-    yield
-
-
-@pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory):
-  directory = tmp_path_factory.mktemp("tfds_digits")
-  with _no_network():
-    data.prepare("digits_captions", directory)
-  return directory
 
 
 @pytest.fixture(scope="module")
