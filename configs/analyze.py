@@ -11,7 +11,7 @@ Run:
 holding ``embeddings.npz``, or a modgap_jax training workdir (its latest checkpoint embeds its
 eval split). A comma-separated list is compare mode: one table (``compare.md``,
 ``compare.json``) and one side-by-side figure (``compare.png``). One input writes
-``analysis.json``, ``report.md`` and five figures. See ``experiments/analyze_task.py``.
+``analysis.json``, ``report.md`` and five figures. See ``modgap_jax/tasks/analyze.py``.
 """
 
 from ml_collections import ConfigDict

@@ -48,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # CLIP's RGB normalisation.
       mean=(0.48145466, 0.4578275, 0.40821073),
       std=(0.26862954, 0.26130258, 0.27577711),
-      # 'auto': a split that fits (see train.RESIDENT_LIMIT_BYTES) lives on the devices and the
+      # 'auto': a split that fits (see data_modes.RESIDENT_LIMIT_BYTES) lives on the devices and the
       # step draws its own batches there; 'no' streams host batches (large data sets).
       on_device="auto",
       mismatch_fraction=0.0,  # share of training images paired with another image's captions

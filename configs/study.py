@@ -15,7 +15,7 @@ r"""The paper's experiments as resumable studies on the shared regime (``configs
   1 000 steps, 36 of them after its 100-step warm-up, for the Theorem 3.2 fit of Δ(t) against
   −1/log²t (eval cost ~8 s each on 2 CPU cores, so about 5 minutes per seed on top of training).
 - ``fig4b``: Theorem 3.3, ``num_inits`` random initialisations × ``num_steps`` steps (see
-  ``modgap_jax.study.run_fig4b``).
+  ``modgap_jax.study.fig4b``).
 
 Every cell × seed is ``<base_config>:<cell>`` with ``seed = k`` and ``base_overrides`` applied,
 trained into ``<workdir>/<cell>/seed<k>/``. Running the command again skips finished runs and
@@ -43,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.study = check_choice("study", arg or "table2", tuple(study_lib.STUDIES))
   config.method = f"study:{config.study}"
   config.seeds = 3
-  config.cells = ()  # empty: the study's own cells (modgap_jax.study.STUDIES)
+  config.cells = ()  # empty: the study's own cells (modgap_jax.study.paper.STUDIES)
   config.base_config = "configs/regime.py"
   config.base_overrides = {}
   config.progress_bar = True

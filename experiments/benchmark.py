@@ -73,7 +73,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from configs import default  # noqa: E402
-from modgap_jax import metrics, models, numerics, train_step  # noqa: E402
+from modgap_jax import metrics, models, numerics, run_setup, train_step  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum(
@@ -140,10 +140,10 @@ def make_batch(model_cfg, batch_size: int, seed: int = 0) -> dict[str, np.ndarra
 def build_ours(config, batch: dict[str, np.ndarray]) -> tuple[Contender, Any]:
   """Our trainer's pmapped step and per-tower gradients; also returns the step's Compiled."""
   devices = jax.local_device_count()
-  tx, spec = train_step.make_optimizer(config, total_steps=1000, warmup_steps=10)
-  model = models.create_model(config.model, spec.nu_init)
-  size, length = config.model.image_size, config.model.context_length
-  state = train_step.init_state(model, tx, jax.random.PRNGKey(0), (size, size, 3), length)
+  # The trainer's own model, optimizer and initial state, for a 1 000-step run with 10 warm-up steps.
+  _, training = run_setup.make_training(config, run_setup.StepPlan(1000, total_steps=1000, warmup_steps=10))
+  model, tx, spec = training.model, training.tx, training.spec
+  state = run_setup.initial_state(config, training)
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
   p_batch = jax.tree_util.tree_map(lambda x: shard(x.reshape(devices, -1, *x.shape[1:])), batch)
   p_state = jax.tree_util.tree_map(lambda x: shard(np.stack([np.asarray(x)] * devices)), state)

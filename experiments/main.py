@@ -8,6 +8,7 @@ Flags go to a config; ``config.task`` picks the job. Exit codes:
 - 3: a training step went non-finite (``config.nonfinite='stop'``), one ``error: ...`` line.
 """
 
+import importlib
 import importlib.util
 import os
 import shlex
@@ -19,6 +20,7 @@ from ml_collections import config_flags
 
 from modgap_jax import quiet
 from modgap_jax.errors import ConfigError, NonFiniteError, Preempted
+from modgap_jax.tasks import TASKS
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file, optionally ':arg'.", lock_config=True)
@@ -39,30 +41,14 @@ def cluster_detected(environ=os.environ) -> bool:
 
 flags.mark_flags_as_required(["config", "workdir"])
 
-TASKS = ("train", "dynamics", "study", "analyze")
-
 
 def run_task(config, workdir: str) -> None:
-  """Dispatches on ``config.task``; the task modules are imported lazily so --help stays fast."""
+  """Calls the ``run(config, workdir)`` of the library task ``config.task`` names (imported lazily,
+  so that --help stays fast)."""
   task = config.get("task", None)
-  if task == "train":
-    from modgap_jax import train
-
-    train.train_and_evaluate(config, workdir)
-  elif task == "study":
-    from modgap_jax import study
-
-    study.run_study(config, workdir)
-  elif task == "dynamics":
-    from experiments import dynamics_task
-
-    dynamics_task.run(config, workdir)
-  elif task == "analyze":
-    from experiments import analyze_task
-
-    analyze_task.run(config, workdir)
-  else:
+  if task not in TASKS:
     raise ConfigError(f"config.task={task!r} is not valid; choose one of {', '.join(map(repr, TASKS))}")
+  importlib.import_module(TASKS[task]).run(config, workdir)
 
 
 def init_distributed(coordinator_address, num_processes, process_id) -> None:

@@ -51,8 +51,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from modgap_jax import errors, metrics
-from modgap_jax.metrics import _acc, _chunked, _dot_t, _normalize
+from modgap_jax import errors, evaluation, metrics, numerics
+from modgap_jax.metrics import chunk_rows, dot_t, promote_float
+
+_normalize = numerics.l2_normalize
 
 RECALL_KS = (1, 5, 10)
 # Relative spread of the input row norms above which the result reports them as varied.
@@ -94,17 +96,17 @@ def _direction_nll_sum(queries: jax.Array, keys: jax.Array, beta, chunk_size: in
   """Σ_i [logsumexp_j(β⟨q_i, k_j⟩) − β⟨q_i, k_i⟩] over the n rows of ``queries``, by blocks."""
   n = queries.shape[0]
   block = min(chunk_size, n)
-  ids = _chunked(jnp.arange(n), block, -1)
+  ids = chunk_rows(jnp.arange(n), block, -1)
 
   def block_nll(args):
     rows, row_ids = args
-    logits = beta * _dot_t(rows, keys)  # [block, n]: the only large buffer
+    logits = beta * dot_t(rows, keys)  # [block, n]: the only large buffer
     # The positive is read from the matrix its row's logsumexp runs over (same rounding).
     positive = jnp.take_along_axis(logits, jnp.maximum(row_ids, 0)[:, None], axis=1)[:, 0]
     nll = jax.nn.logsumexp(logits, axis=1) - positive
     return jnp.where(row_ids >= 0, nll, 0.0)  # padding rows add nothing
 
-  return jnp.sum(lax.map(block_nll, (_chunked(queries, block, 0.0), ids)))
+  return jnp.sum(lax.map(block_nll, (chunk_rows(queries, block, 0.0), ids)))
 
 
 @functools.partial(jax.jit, static_argnames=("chunk_size",))
@@ -114,7 +116,7 @@ def clip_loss_chunked(image_emb, text_emb, beta, *, chunk_size: int = 1024) -> j
   L = (1/2n) Σ_i [−log softmax_j(Z_i·)_i − log softmax_j(Z_·i)_i], Z = β H_X H_Yᵀ. The same
   value as ``losses.clip_loss`` on the whole set, without the [n, n] logit matrix.
   """
-  x, y = _acc(image_emb), _acc(text_emb)
+  x, y = promote_float(image_emb), promote_float(text_emb)
   beta = jnp.asarray(beta, x.dtype)
   n = x.shape[0]
   return 0.5 * (_direction_nll_sum(x, y, beta, chunk_size) + _direction_nll_sum(y, x, beta, chunk_size)) / n
@@ -126,8 +128,8 @@ def shift_along_gap(image_emb, text_emb, gap_vec, lam):
   λ = 1 moves both centroids (before re-normalisation) to their midpoint; λ = 0 leaves the
   unit rows as they are.
   """
-  half = 0.5 * lam * _acc(gap_vec)
-  return _normalize(_acc(image_emb) - half), _normalize(_acc(text_emb) + half)
+  half = 0.5 * lam * promote_float(gap_vec)
+  return _normalize(promote_float(image_emb) - half), _normalize(promote_float(text_emb) + half)
 
 
 @functools.partial(jax.jit, static_argnames=("chunk_size",))
@@ -141,11 +143,11 @@ def _histogram_blocks(rows, columns, *, bins: int, chunk_size: int, exclude_self
   """[num_blocks, bins] int32 counts of ⟨r_i, c_j⟩ in ``bins`` equal bins over [−1, 1]."""
   n, m = rows.shape[0], columns.shape[0]
   block = min(chunk_size, n)
-  ids = _chunked(jnp.arange(n), block, -1)
+  ids = chunk_rows(jnp.arange(n), block, -1)
 
   def block_counts(args):
     r, row_ids = args
-    sim = _dot_t(r, columns)
+    sim = dot_t(r, columns)
     # Bin k holds [−1 + 2k/bins, −1 + 2(k+1)/bins); 1.0 (and rounding above it) goes in the last.
     k = jnp.clip(jnp.floor((sim + 1.0) * (bins / 2.0)), 0, bins - 1).astype(jnp.int32)
     keep = jnp.broadcast_to((row_ids >= 0)[:, None], (r.shape[0], m))
@@ -154,7 +156,7 @@ def _histogram_blocks(rows, columns, *, bins: int, chunk_size: int, exclude_self
     # One block holds at most chunk_size · m < 2³¹ counts; blocks are summed on the host.
     return jnp.zeros(bins, jnp.int32).at[k.reshape(-1)].add(keep.reshape(-1).astype(jnp.int32))
 
-  return lax.map(block_counts, (_chunked(_acc(rows), block, 0.0), ids))
+  return lax.map(block_counts, (chunk_rows(promote_float(rows), block, 0.0), ids))
 
 
 def cosine_histogram(
@@ -318,13 +320,8 @@ def validate_inputs(image_emb, text_emb, text_to_image=None, labels=None, class_
   }
 
 
-def one_to_one_pairs(text_to_image: np.ndarray, num_images: int) -> tuple[np.ndarray, np.ndarray]:
-  """(image index, caption index) of each image's first caption, for the images that have one."""
-  first = np.full(num_images, -1, np.int64)
-  # Assigning in reverse caption order leaves each image's lowest caption index.
-  first[text_to_image[::-1]] = np.arange(len(text_to_image))[::-1]
-  images = np.flatnonzero(first >= 0)
-  return images, first[images]
+# (image index, caption index) of each image's first caption; shared with the trainer's eval loss.
+one_to_one_pairs = evaluation.one_to_one_pairs
 
 
 def _norm_summary(norms_image: np.ndarray, norms_text: np.ndarray) -> dict[str, Any]:
@@ -467,19 +464,13 @@ def analyze(
   }
   out.update(_norm_summary(inputs["norms_image"], inputs["norms_text"]))
 
-  # MATH.md §2, with the conventions of modgap_jax.evaluation.
-  out["gap"] = float(metrics.modality_gap(paired_x, y))
-  sample = np.random.default_rng(seed).choice(m, size=min(gap_pairs, m), replace=False)
-  out["gap_512"] = float(metrics.modality_gap(paired_x[sample], y[sample]))
-  out["alignment"] = float(metrics.alignment(paired_x, y))
-  union = np.concatenate([x, y])
-  for name, emb in (("image", x), ("text", y), ("union", union)):
-    out[f"uniformity_w2_{name}"] = float(metrics.uniformity_w2(emb))
-    out[f"uniformity_wi_{name}"] = (
-      float(metrics.uniformity_wang_isola(emb, chunk_size=chunk_size)) if len(emb) >= 2 else None
+  # MATH.md §2 exactly as a training run's evaluation computes them; only the loss differs:
+  # here the one-to-one pairs of the whole set are one batch.
+  out.update(
+    evaluation.embedding_metrics(
+      x, y, t2i, beta=beta, loss_batch_size=None, gap_pairs=gap_pairs, seed=seed, chunk_size=chunk_size
     )
-  out["uniformity_w2"], out["uniformity_wi"] = out["uniformity_w2_union"], out["uniformity_wi_union"]
-  out.update(metrics.retrieval_recall(x, y, RECALL_KS, t2i, chunk_size=chunk_size))
+  )
   out["loss"] = float(clip_loss_chunked(x[pair_img], y[pair_txt], beta, chunk_size=chunk_size))
   out["zeroshot_top1"] = _zero_shot(x, labels, class_emb) if class_emb is not None else None
   out["linear_probe_top1"] = (

@@ -30,13 +30,20 @@ EVAL_KEYS = (
 )
 
 
+def one_to_one_pairs(text_to_image: np.ndarray, num_images: int) -> tuple[np.ndarray, np.ndarray]:
+  """(image index, caption index) of each image's first caption, for the images that have one."""
+  first = np.full(num_images, -1, np.int64)
+  # Assigning in reverse caption order leaves each image's lowest caption index.
+  first[text_to_image[::-1]] = np.arange(len(text_to_image))[::-1]
+  images = np.flatnonzero(first >= 0)
+  return images, first[images]
+
+
 def first_caption_of_each_image(text_to_image: np.ndarray, num_images: int) -> np.ndarray:
   """Index of the first caption of every image (all images must have one)."""
-  first = np.full(num_images, -1, np.int64)
-  for j in range(len(text_to_image) - 1, -1, -1):  # reversed, so the lowest index wins
-    first[text_to_image[j]] = j
-  if (first < 0).any():
-    raise ValueError(f"{int((first < 0).sum())} images have no caption")
+  images, first = one_to_one_pairs(np.asarray(text_to_image), num_images)
+  if len(images) < num_images:
+    raise ValueError(f"{num_images - len(images)} images have no caption")
   return first
 
 
@@ -72,10 +79,11 @@ def embedding_metrics(
   text_to_image: np.ndarray,
   *,
   beta: float,
-  loss_batch_size: int,
+  loss_batch_size: int | None,
   gap_pairs: int = 512,
   seed: int = 0,
-) -> dict[str, float]:
+  chunk_size: int = 1024,
+) -> dict[str, float | None]:
   """Loss, gaps, uniformities, alignment and recalls of one split (MATH.md §2).
 
   Args:
@@ -83,13 +91,16 @@ def embedding_metrics(
     text_emb: [N_txt, d] unit rows.
     text_to_image: int [N_txt], the image of each caption.
     beta: the inverse temperature for the loss.
-    loss_batch_size: batch size of the eval loss (the training batch size).
+    loss_batch_size: batch size of the eval loss (the training batch size); None leaves the
+      loss out (for a caller with a loss of its own).
     gap_pairs: the size of the random pair sample of ``gap_512`` (MATH.md §2: 512).
     seed: seeds the pair sample, so every evaluation of a run uses the same pairs.
+    chunk_size: query rows per block of the Wang–Isola uniformity and the recalls.
 
   Returns:
     Python floats. ``uniformity_w2``/``uniformity_wi`` are the union of both modalities;
-    ``_image`` and ``_text`` suffixes give each alone.
+    ``_image`` and ``_text`` suffixes give each alone. A Wang–Isola uniformity of a set of
+    fewer than 2 rows is None (it averages over distinct pairs).
   """
   text_to_image = np.asarray(text_to_image)
   paired_images = image_emb[text_to_image]
@@ -103,11 +114,16 @@ def embedding_metrics(
   union = np.concatenate([image_emb, text_emb], axis=0)
   for name, emb in (("image", image_emb), ("text", text_emb), ("union", union)):
     out[f"uniformity_w2_{name}"] = float(metrics.uniformity_w2(emb))
-    out[f"uniformity_wi_{name}"] = float(metrics.uniformity_wang_isola(emb))
+    out[f"uniformity_wi_{name}"] = (
+      float(metrics.uniformity_wang_isola(emb, chunk_size=chunk_size)) if len(emb) >= 2 else None
+    )
   out["uniformity_w2"] = out["uniformity_w2_union"]
   out["uniformity_wi"] = out["uniformity_wi_union"]
-  out.update(metrics.retrieval_recall(image_emb, text_emb, ks=(1, 5, 10), text_to_image=text_to_image))
-  out["loss"] = eval_loss(image_emb, text_emb, text_to_image, beta, loss_batch_size)
+  out.update(
+    metrics.retrieval_recall(image_emb, text_emb, ks=(1, 5, 10), text_to_image=text_to_image, chunk_size=chunk_size)
+  )
+  if loss_batch_size is not None:
+    out["loss"] = eval_loss(image_emb, text_emb, text_to_image, beta, loss_batch_size)
   return out
 
 

@@ -30,8 +30,8 @@ from modgap_jax import errors, numerics
 _HIGHEST = lax.Precision.HIGHEST
 
 
-def _acc(x) -> jax.Array:
-  """x as an array in float32 or wider (float64 stays float64)."""
+def promote_float(x) -> jax.Array:
+  """x as an array in float32 or wider (float64 stays float64): the dtype reductions accumulate in."""
   x = jnp.asarray(x)
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
@@ -39,7 +39,7 @@ def _acc(x) -> jax.Array:
 _normalize = numerics.l2_normalize
 
 
-def _dot_t(a: jax.Array, b: jax.Array) -> jax.Array:
+def dot_t(a: jax.Array, b: jax.Array) -> jax.Array:
   """a @ bᵀ at full precision."""
   return jnp.einsum("md,nd->mn", a, b, precision=_HIGHEST)
 
@@ -60,8 +60,8 @@ def gap_vector(image_emb, text_emb, *, axis_name: str | None = None) -> jax.Arra
       sharded. The local centroids are then averaged with ``lax.pmean``, which is the
       global centroid because pmap shards have equal sizes.
   """
-  mean_x = jnp.mean(_acc(image_emb), axis=0)
-  mean_y = jnp.mean(_acc(text_emb), axis=0)
+  mean_x = jnp.mean(promote_float(image_emb), axis=0)
+  mean_y = jnp.mean(promote_float(text_emb), axis=0)
   if axis_name is not None:
     mean_x, mean_y = lax.pmean((mean_x, mean_y), axis_name)
   return mean_x - mean_y
@@ -80,7 +80,7 @@ def modality_gap(image_emb, text_emb, *, axis_name: str | None = None) -> jax.Ar
 @jax.jit
 def alignment(image_emb, text_emb) -> jax.Array:
   """Alignment mean_i ‖h^x_i − h^y_i‖² over the n paired rows (MATH.md §2); lower is better."""
-  diff = _acc(image_emb) - _acc(text_emb)
+  diff = promote_float(image_emb) - promote_float(text_emb)
   return jnp.mean(jnp.sum(diff * diff, axis=-1))
 
 
@@ -109,7 +109,7 @@ def uniformity_w2(emb, *, normalize: bool = True) -> jax.Array:
     emb: [n, d].
     normalize: L2-normalise the rows first (idempotent on unit rows).
   """
-  x = _acc(emb)
+  x = promote_float(emb)
   if normalize:
     x = _normalize(x)
   d = x.shape[-1]
@@ -137,7 +137,7 @@ def uniformity_wang_isola(emb, t: float = 2.0, *, chunk_size: int = 1024, normal
     chunk_size: rows per block.
     normalize: L2-normalise the rows first (idempotent on unit rows).
   """
-  x = _acc(emb)
+  x = promote_float(emb)
   if normalize:
     x = _normalize(x)
   n = x.shape[0]
@@ -153,7 +153,7 @@ def uniformity_wang_isola(emb, t: float = 2.0, *, chunk_size: int = 1024, normal
     xb, ids = args
     sq_b = jnp.sum(xb * xb, axis=-1)
     # ‖a−b‖² = ‖a‖² + ‖b‖² − 2⟨a,b⟩, clipped: rounding must not make a distance negative.
-    dist = jnp.maximum(sq_b[:, None] + sq_norms[None, :] - 2.0 * _dot_t(xb, x), 0.0)
+    dist = jnp.maximum(sq_b[:, None] + sq_norms[None, :] - 2.0 * dot_t(xb, x), 0.0)
     keep = ids[:, None] != jnp.arange(n)[None, :]  # i ≠ j
     lse = jax.nn.logsumexp(jnp.where(keep, -t * dist, -jnp.inf), axis=-1)
     return jnp.where(ids < n, lse, -jnp.inf)  # padded rows contribute nothing
@@ -168,7 +168,7 @@ def geometry_metrics(image_emb, text_emb) -> dict[str, jax.Array]:
   Keys: ``gap``, ``alignment``, and ``uniformity_w2_{image,text,union}``,
   ``uniformity_wi_{image,text,union}`` (union = both sets stacked).
   """
-  union = jnp.concatenate([_acc(image_emb), _acc(text_emb)], axis=0)
+  union = jnp.concatenate([promote_float(image_emb), promote_float(text_emb)], axis=0)
   out = {"gap": modality_gap(image_emb, text_emb), "alignment": alignment(image_emb, text_emb)}
   for name, emb in (("image", image_emb), ("text", text_emb), ("union", union)):
     out[f"uniformity_w2_{name}"] = uniformity_w2(emb)
@@ -192,7 +192,7 @@ def _image_to_text_ranks(image_chunks, own_captions, text_emb):
 
   def chunk_ranks(args):
     queries, own = args
-    sim = _dot_t(queries, text_emb)  # [B, N_txt], the only large buffer
+    sim = dot_t(queries, text_emb)  # [B, N_txt], the only large buffer
     # The positives' scores are read from the same matrix they are ranked in, so rounding is
     # identical on both sides of the comparison and a positive never outranks itself.
     own_sim = jnp.take_along_axis(sim, jnp.maximum(own, 0), axis=-1)
@@ -214,7 +214,7 @@ def _text_to_image_ranks(text_chunks, own_image, image_emb):
 
   def chunk_ranks(args):
     queries, own_ids = args
-    sim = _dot_t(queries, image_emb)  # [B, N_img]
+    sim = dot_t(queries, image_emb)  # [B, N_img]
     # As in i2t, the positive's score comes from the matrix it is ranked in.
     own_sim = jnp.take_along_axis(sim, own_ids[:, None], axis=-1)
     rank = jnp.sum(sim > own_sim, axis=-1, dtype=jnp.int32)
@@ -223,8 +223,9 @@ def _text_to_image_ranks(text_chunks, own_image, image_emb):
   return lax.map(chunk_ranks, (text_chunks, own_image)).reshape(-1)
 
 
-def _chunked(x: jax.Array, chunk_size: int, fill) -> jax.Array:
-  """Pads the leading axis to a multiple of chunk_size and reshapes to [chunks, chunk, ...]."""
+def chunk_rows(x: jax.Array, chunk_size: int, fill) -> jax.Array:
+  """Pads the leading axis to a multiple of chunk_size with ``fill`` and reshapes to [chunks, chunk, ...]
+  (the blocks a ``lax.map`` walks, so that no [n, m] matrix is ever built)."""
   n = x.shape[0]
   num_chunks = max(1, numerics.ceil_div(n, chunk_size))
   pad = [(0, num_chunks * chunk_size - n)] + [(0, 0)] * (x.ndim - 1)
@@ -320,7 +321,7 @@ def retrieval_recall(
     raise errors.ConfigError(f"ks={ks} must all be positive")
 
   own_captions = _captions_per_image(text_to_image, n_img)
-  image_emb, text_emb = _acc(image_emb), _acc(text_emb)
+  image_emb, text_emb = promote_float(image_emb), promote_float(text_emb)
   text_to_image = jnp.asarray(text_to_image, jnp.int32)
   if not traced:
     image_emb, text_emb, text_to_image, own_captions = _same_device(image_emb, text_emb, text_to_image, own_captions)
@@ -329,8 +330,8 @@ def retrieval_recall(
   b_txt = min(chunk_size, max(n_txt, 1))
   # Padding image rows own no caption (−1); padding captions point at image 0. Both are
   # dropped below.
-  i2t_rank = _image_to_text_ranks(_chunked(image_emb, b_img, 0.0), _chunked(own_captions, b_img, -1), text_emb)
-  t2i_rank = _text_to_image_ranks(_chunked(text_emb, b_txt, 0.0), _chunked(text_to_image, b_txt, 0), image_emb)
+  i2t_rank = _image_to_text_ranks(chunk_rows(image_emb, b_img, 0.0), chunk_rows(own_captions, b_img, -1), text_emb)
+  t2i_rank = _text_to_image_ranks(chunk_rows(text_emb, b_txt, 0.0), chunk_rows(text_to_image, b_txt, 0), image_emb)
   if traced:
     i2t_rank, t2i_rank = i2t_rank[:n_img], t2i_rank[:n_txt]
     return {name: jnp.mean(rank < k) for k in ks for name, rank in ((f"i2t_r{k}", i2t_rank), (f"t2i_r{k}", t2i_rank))}
@@ -355,7 +356,7 @@ def zero_shot_classifier(class_text_emb) -> jax.Array:
   Args:
     class_text_emb: [C, T, d] (T prompt templates per class) or [C, d] (one prompt).
   """
-  w = _normalize(_acc(class_text_emb))
+  w = _normalize(promote_float(class_text_emb))
   if w.ndim == 3:
     w = _normalize(jnp.mean(w, axis=1))
   elif w.ndim != 2:
@@ -372,17 +373,17 @@ def zero_shot_accuracy(image_emb, labels, class_text_emb) -> jax.Array:
     class_text_emb: [C, T, d] or [C, d].
   """
   # Scaling an image row does not change its argmax, so the images need no normalisation.
-  scores = _dot_t(_acc(image_emb), zero_shot_classifier(class_text_emb))
+  scores = dot_t(promote_float(image_emb), zero_shot_classifier(class_text_emb))
   return jnp.mean(jnp.argmax(scores, axis=-1) == jnp.asarray(labels))
 
 
 def standardize(train_feats, test_feats=None):
   """(x − mean_train) / std_train per feature; a constant feature gets std 1."""
-  train = _acc(train_feats)
+  train = promote_float(train_feats)
   mean = jnp.mean(train, axis=0)
   std = jnp.std(train, axis=0)
   std = jnp.where(std > 1e-12, std, 1.0)
-  scale = lambda x: (_acc(x) - mean) / std
+  scale = lambda x: (promote_float(x) - mean) / std
   return scale(train) if test_feats is None else (scale(train), scale(test_feats))
 
 
@@ -407,7 +408,7 @@ def fit_softmax_regression(
   """
   import optax  # Local: only the probe needs optax.
 
-  feats = _acc(feats)
+  feats = promote_float(feats)
   onehot = jax.nn.one_hot(labels, num_classes, dtype=feats.dtype)
   params = {"w": jnp.zeros((feats.shape[1], num_classes), feats.dtype), "b": jnp.zeros((num_classes,), feats.dtype)}
   objective = lambda p: _probe_objective(p, feats, onehot, l2)

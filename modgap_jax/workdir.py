@@ -93,19 +93,26 @@ def config_changes(
   return changes
 
 
-def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Raises a one-line ConfigError if ``workdir`` holds a run with a different identity."""
+def read_config(workdir: str) -> dict[str, Any] | None:
+  """The config ``workdir``'s ``config.json`` holds, as stored; None when it holds none."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
-    return
+    return None
   try:
     with open(path) as f:
-      old = json.load(f)
+      return json.load(f)
   except (OSError, json.JSONDecodeError) as e:
     raise ConfigError(
       f"--workdir={workdir}: its {CONFIG_FILE} is unreadable ({type(e).__name__}); "
       "move the workdir away or choose another"
     ) from None
+
+
+def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Raises a one-line ConfigError if ``workdir`` holds a run with a different identity."""
+  old = read_config(workdir)
+  if old is None:
+    return
   changes = config_changes(old, config.to_dict(), ADDED_FIELDS)
   if changes:
     listed = ", ".join(f"{field}: {before!r} -> {after!r}" for field, before, after in changes)

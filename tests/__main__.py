@@ -4,8 +4,9 @@ Why not one ``pytest`` process: after a few hundred XLA:CPU compilations in one 
 0.10.2), a later compilation crashed inside XLA (SIGSEGV or SIGABRT, seen three times, each time
 in a different test that passes on its own). A fresh interpreter per module keeps every module's
 compilations apart; it costs one JAX import per module. All modules share one compilation cache
-(see conftest.py), so a program one module compiled is read back by the next instead of being
-compiled again. Extra arguments go to every pytest call, e.g. ``python -m tests -x``.
+and one build of the digits dataset (see conftest.py), so a program one module compiled is read
+back by the next instead of being compiled again. Extra arguments go to every pytest call, e.g.
+``python -m tests -x``.
 """
 
 import glob
@@ -20,10 +21,14 @@ import time
 def main(argv: list[str]) -> int:
   here = os.path.dirname(os.path.abspath(__file__))
   modules = sorted(glob.glob(os.path.join(here, "test_*.py")))
-  cache_dir = None
-  if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # a cache directory the caller chose is left alone
-    cache_dir = tempfile.mkdtemp(prefix="modgap-jax-test-cache-")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache_dir
+  made = []  # directories a caller chose are left alone
+  for variable, prefix in (
+    ("JAX_COMPILATION_CACHE_DIR", "modgap-jax-test-cache-"),
+    ("MODGAP_TEST_DATA_DIR", "modgap-jax-test-data-"),  # conftest.py's digits_dir
+  ):
+    if variable not in os.environ:
+      os.environ[variable] = tempfile.mkdtemp(prefix=prefix)
+      made.append(os.environ[variable])
   failed = []
   start = time.time()
   try:
@@ -35,8 +40,8 @@ def main(argv: list[str]) -> int:
       if code != 0:
         failed.append(name)
   finally:
-    if cache_dir:
-      shutil.rmtree(cache_dir, ignore_errors=True)
+    for directory in made:
+      shutil.rmtree(directory, ignore_errors=True)
   print(
     f"== {len(modules) - len(failed)} of {len(modules)} test modules passed in {time.time() - start:.0f} s"
     + (f"; failed: {', '.join(failed)}" if failed else ""),

@@ -16,9 +16,10 @@ import scipy.special
 from sklearn.linear_model import LogisticRegression
 
 from configs import analyze as analyze_config
-from experiments import analyze_task
 from modgap_jax import analysis, losses
 from modgap_jax.errors import ConfigError
+from modgap_jax.tasks import analyze as analyze_task
+from modgap_jax.tasks import analyze_inputs
 
 BETA = 30.0
 LAMBDAS = np.linspace(-1.0, 1.0, 21)
@@ -588,13 +589,55 @@ def test_directory_inputs_are_recognised_or_refused(tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()
   with pytest.raises(ConfigError, match="without embeddings.npz and is not a modgap_jax run"):
-    analyze_task.input_kind(str(empty))
+    analyze_inputs.input_kind(str(empty))
   run = tmp_path / "run"
   (run / "checkpoints").mkdir(parents=True)
   for name in ("config.json", "tokenizer.json"):
     (run / name).write_text("{}")
-  assert analyze_task.input_kind(str(run)) == "run"
+  assert analyze_inputs.input_kind(str(run)) == "run"
   with pytest.raises(ConfigError, match="has no checkpoint under checkpoints/"):
-    analyze_task.restore_variables(str(run))
+    analyze_inputs.restore_variables(str(run))
   assert os.listdir(run / "checkpoints") == []  # reading a run writes nothing into it
-  assert analyze_task.input_names(["x/a/emb.npz", "y/a/emb.npz", "z/b"]) == ["x/a/emb", "y/a/emb", "z/b"]
+  assert analyze_inputs.input_names(["x/a/emb.npz", "y/a/emb.npz", "z/b"]) == ["x/a/emb", "y/a/emb", "z/b"]
+
+
+@pytest.mark.parametrize("dataset", ["digits_captions", "image_text_folder", "coco_raw"])
+def test_a_trained_runs_directory_is_analysed_as_its_trainer_evaluated_it(tmp_path, digits_dir, colour_folder, dataset):
+  """A run directory is set up as its trainer set it up (the file datasets' path included): the
+  analysis embeds the same eval split with the same weights, so the MATH.md §2 metrics of the
+  run's last evaluation come back, and the run directory is left as it was."""
+  from modgap_jax import train
+  from tests.test_data_files import _COCO_IMAGES, _NUM_CAPTIONS, _write_coco
+  from tests.test_train import digits_config
+
+  overrides = {"num_steps": 2, "eval_every": 2, "checkpoint_every": 2, "eval.linear_probe": False}
+  if dataset == "digits_captions":
+    overrides["dataset.data_dir"] = digits_dir
+  elif dataset == "image_text_folder":
+    overrides.update({"dataset.name": dataset, "dataset.path": colour_folder, "dataset.data_dir": str(tmp_path)})
+  else:  # a COCO root of 4 training and 3 validation images
+    _write_coco(tmp_path / "coco")
+    overrides.update(
+      {"dataset.name": dataset, "dataset.path": str(tmp_path / "coco"), "dataset.data_dir": str(tmp_path)}
+    )
+    overrides.update({"dataset.eval_split": "val", "dataset.store_size": 16, "batch_size": 4})
+  run_dir = tmp_path / "run"
+  final = train.train_and_evaluate(digits_config(**overrides), str(run_dir))
+  before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+  out = analyze_task.run(task_config(str(run_dir)), str(tmp_path / "analysis"))
+  assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+  assert out["run_beta"] == pytest.approx(final["beta"], rel=1e-6)
+  for key in ("gap", "gap_512", "alignment", "uniformity_w2", "uniformity_wi", "zeroshot_top1"):
+    # The analysis re-normalises the (unit) rows: float32 rounding apart, the same numbers.
+    expected = None if final[key] is None or not np.isfinite(final[key]) else final[key]
+    assert out[key] == (None if expected is None else pytest.approx(expected, abs=2e-5)), key
+  # A recall may flip only where two scores tie to float32 rounding: at most one query each way.
+  assert abs(out["i2t_r1"] - final["i2t_r1"]) <= 1 / out["n_images"] + 1e-12
+  assert abs(out["t2i_r1"] - final["t2i_r1"]) <= 1 / out["n_texts"] + 1e-12
+  if dataset == "coco_raw":
+    val = [i for i, (folder, _) in _COCO_IMAGES.items() if folder == "val2017"]
+    assert out["zeroshot_top1"] is None and out["n_images"] == len(val)
+    assert out["n_texts"] == sum(_NUM_CAPTIONS[i] for i in val)
+  else:
+    assert out["zeroshot_top1"] is not None

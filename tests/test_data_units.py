@@ -11,7 +11,7 @@ import pickle
 import struct
 import subprocess
 import sys
-import time
+import threading
 
 import numpy as np
 import pytest
@@ -159,13 +159,16 @@ def test_prefetch_close_stops_the_producer():
       yield i
       i += 1
 
+  before = set(threading.enumerate())
   stream = data.prefetch(endless(), buffer_size=2)
   assert [next(stream) for _ in range(3)] == [0, 1, 2]
+  (producer,) = [t for t in threading.enumerate() if t not in before and t.name == "modgap_jax-prefetch"]
+  # The bounded queue is full now, so the producer waits to hand over its next item; only
+  # close() lets it go. Without that, it would wait forever and join() would time out.
   stream.close()
-  time.sleep(0.3)
-  count = len(produced)
-  time.sleep(0.3)
-  assert len(produced) == count  # The thread has stopped producing.
+  producer.join(timeout=10)
+  assert not producer.is_alive()
+  assert len(produced) <= 3 + 2 + 1  # taken, queued, and the one it held when close() came
 
 
 # ------------------------------------------------------------- splits, captions, resize

@@ -325,7 +325,7 @@ def test_bad_inputs_are_one_line_config_errors():
     dynamics.InitSpec(kind="paired")
   with pytest.raises(ConfigError, match="figure2"):
     _load_config_module().get_config("nope")
-  from experiments import dynamics_task
+  from modgap_jax.tasks import dynamics as dynamics_task
 
   config = _load_config_module().get_config("reparams")
   config.variants.exp = {"temperature": {"reparm": "exp"}}

@@ -22,15 +22,6 @@ from tests.test_train import REPO, digits_config
 BAD_STEP = 4  # the injected fault hits the step that starts from state.step == 4, i.e. step 5
 
 
-@pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory):
-  from modgap_jax import data
-
-  directory = str(tmp_path_factory.mktemp("tfds"))
-  data.prepare("digits_captions", directory)
-  return directory
-
-
 def small_config(digits_dir, **overrides):
   return digits_config(**{"dataset.data_dir": digits_dir, "eval_every": 100, "eval.linear_probe": False, **overrides})
 
@@ -140,6 +131,19 @@ def test_restarting_with_a_different_config_is_refused_before_anything_is_writte
   assert before == {name: open(os.path.join(workdir, name), "rb").read() for name in before}
   # Watching the run differently is allowed.
   train.train_and_evaluate(small_config(digits_dir, num_steps=3, log_every=2, eval_every=1), workdir)
+
+
+def test_a_resumed_run_whose_step_plan_changed_is_refused_before_anything_is_written(tmp_path, digits_dir):
+  workdir = tmp_path / "run"
+  config = small_config(digits_dir, num_steps=1)
+  train.train_and_evaluate(config, str(workdir))
+  plan = json.loads((workdir / "plan.json").read_text())
+  # As if the training split had changed size since: another epoch, another warm-up.
+  (workdir / "plan.json").write_text(json.dumps({**plan, "steps_per_epoch": plan["steps_per_epoch"] + 1}))
+  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file() and p.name != ".lock"}
+  with pytest.raises(ConfigError, match=r"holds a run planned as .* but its data now give .*steps_per_epoch"):
+    train.train_and_evaluate(config, str(workdir))
+  assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file() and p.name != ".lock"} == before
 
 
 # ------------------------------------------------------------------------------ checkpoint damage
@@ -314,7 +318,13 @@ def test_a_busy_workdir_is_refused_and_a_dead_holder_does_not_block(tmp_path, di
 
 D = "--config=configs/default.py"
 DIGITS = ("--config.dataset.name=digits_captions", "--config.dataset.zero_shot_label=label")
-# (flags, a piece of the one error line, whether the case reads the dataset before failing)
+# What a case reads before it is refused: nothing (False), the built digits (True), or the
+# user's files (FILES): a COCO root "{coco}" or a caption folder "{folder}", built into the
+# case's own data_dir.
+FILES = "files"
+COCO = ("--config.dataset.name=coco_raw", "--config.dataset.path={coco}", "--config.dataset.store_size=16")
+FOLDER = ("--config.dataset.name=image_text_folder", "--config.dataset.path={folder}")
+# (flags, a piece of the one error line, what the case reads before failing)
 BAD_INPUTS = [
   ((f"{D}:warp",), "method='warp'", False),
   ((f"{D}:ts=S9",), "ts='S9'", False),
@@ -375,7 +385,26 @@ BAD_INPUTS = [
   (("--config=configs/study.py:table9",), "study='table9'", False),
   ((D, "--num_processes=2"), "--coordinator_address, --num_processes and --process_id go together", False),
   ((D, "--coordinator_address=127.0.0.1:1", "--num_processes=2", "--process_id=2"), "--process_id=2", False),
+  (
+    (D, "--config.dataset.on_device=yes", "--config.dataset.crop_scale=(0.5,1.0)"),
+    "crop_scale needs the stream",
+    False,
+  ),
+  # Refused only once the data are read: split sizes, the data mode, the tokenizer, the files.
   ((D, *DIGITS, "--config.batch_size=100000"), "batch_size=100000 exceeds", True),
+  ((D, *DIGITS, "--config.dataset.on_device=no", "--config.batch_size=2048"), "batch_size=2048 exceeds", True),
+  ((D, *DIGITS, "--config.dataset.train_split=train[:40]"), "exceeds the 40 examples", True),
+  ((D, *DIGITS, "--config.dataset.tokenizer=byte", "--config.model.vocab_size=100"), "byte tokenizer's", True),
+  (
+    (D, *DIGITS, "--config.dataset.crop_scale=(0.5,1.0)", "--config.dataset.mismatch_fraction=0.1"),
+    "need the on-device split",
+    True,
+  ),
+  ((D, *COCO, "--config.dataset.eval_split=val", "--config.dataset.on_device=yes"), "needs an in-memory split", FILES),
+  ((D, *COCO, "--config.dataset.eval_split=val", "--config.dataset.augment_min_scale=0.5"), "on-device split", FILES),
+  ((D, *COCO), "split='test' of dataset='coco_raw' is empty", FILES),
+  ((D, *FOLDER), "exceeds the", FILES),
+  ((D, "--config.dataset.name=image_text_folder"), "dataset.path is empty", FILES),
 ]
 
 
@@ -394,17 +423,21 @@ def _raising_file(directory):
 
 
 @pytest.fixture(scope="module")
-def bad_input_results(tmp_path_factory, digits_dir):
+def bad_input_results(tmp_path_factory, digits_dir, colour_folder):
   """Runs every bad input through the entry point, a few processes at a time."""
+  from tests.test_data_files import _write_coco
+
   root = tmp_path_factory.mktemp("bad")
-  cases = [(flags, needle, reads_data) for flags, needle, reads_data in BAD_INPUTS]
+  _write_coco(root / "coco")
+  sources = {"coco": str(root / "coco"), "folder": colour_folder}
+  cases = [(tuple(f.format(**sources) for f in flags), needle, reads) for flags, needle, reads in BAD_INPUTS]
   cases.append(((f"--config={_syntax_error_file(str(root))}",), "broken.py line 3: SyntaxError", False))
   cases.append(((f"--config={_raising_file(str(root))}",), "raising.py line 5: ZeroDivisionError", False))
 
   def run(index):
     flags, _, reads_data = cases[index]
     case_dir = root / f"case{index}"
-    data_dir = digits_dir if reads_data else str(case_dir / "tfds")
+    data_dir = {True: digits_dir, FILES: str(case_dir / "files"), False: str(case_dir / "tfds")}[reads_data]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "TFDS_DATA_DIR": data_dir}
     done = subprocess.run(
       # The case's flags come last, so a case can override --workdir too.
@@ -456,8 +489,24 @@ def test_check_range_and_check_number_accept_exactly_their_interval():
     check_number("k", 3.0, integer=True)
 
 
-def test_bad_input_table_has_at_least_40_cases(bad_input_results):
-  assert len(bad_input_results[0]) >= 40
+def test_bad_input_table_covers_distinct_inputs_and_names_each_field(bad_input_results):
+  """The table is at least 40 different inputs, 10 of them refused only once the data are
+  read; every case that sets one config field is refused by a line that names that field."""
+  cases, results = bad_input_results
+  assert len(cases) >= 40 and len({flags for flags, _, _ in cases}) == len(cases)
+  assert sum(reads is not False for _, _, reads in cases) >= 10
+  base = {"dataset.name", "dataset.zero_shot_label", "dataset.path", "dataset.store_size", "dataset.eval_split"}
+  named = 0
+  for (flags, _, _), (_, done) in zip(cases, results):
+    overrides = dict(f.removeprefix("--config.").split("=", 1) for f in flags if f.startswith("--config."))
+    fields = set(overrides) - base
+    if len(fields) == 1:
+      field = fields.pop()
+      line = done.stderr.strip().splitlines()[-1]
+      named += 1
+      # The field (its full or last name), or the value the data refused (a split's name).
+      assert field in line or field.rsplit(".", 1)[-1] in line or overrides[field] in line, (flags, line)
+  assert named >= 30
 
 
 @pytest.mark.parametrize("index", range(len(BAD_INPUTS) + 2))
@@ -468,7 +517,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(bad_input_results, i
   lines = [line for line in done.stderr.splitlines() if line.strip()]
   assert done.returncode == 2, (flags, done.stderr[-2000:])
   assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (flags, lines)
-  assert not (case_dir / "w").exists()
+  assert not (case_dir / "w").exists()  # the checks that read data came first too
   if not reads_data:
     assert not (case_dir / "tfds").exists()  # rejected before any dataset was built
 

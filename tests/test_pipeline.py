@@ -12,19 +12,10 @@ import pytest
 
 from modgap_jax import data
 from modgap_jax.errors import ConfigError
-from tests.test_data import no_network
 
 # digits_captions has 1457 training images: 22 steps per epoch at 64 images a step.
 _STREAM = data.TrainStream(global_batch_size=64, num_devices=4, image_size=12, context_length=24, seed=5)
 _STEPS = 25  # Past the first epoch boundary.
-
-
-@pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory):
-  directory = tmp_path_factory.mktemp("tfds_digits")
-  with no_network():
-    data.prepare("digits_captions", directory)
-  return directory
 
 
 @pytest.fixture(scope="module")

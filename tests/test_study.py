@@ -4,6 +4,7 @@ import functools
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 
@@ -13,7 +14,9 @@ import pytest
 
 from configs import study as study_config
 from modgap_jax import study, train, train_step
-from modgap_jax.errors import ConfigError
+from modgap_jax.errors import ConfigError, Preempted
+from modgap_jax.study import fig4b
+from modgap_jax.study import results as study_results
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # tests/test_train.py's digits_config, as base overrides of the regime: 8×8 digits, tiny towers.
@@ -47,14 +50,9 @@ def tiny_study(name, data_dir, **fields):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
-@pytest.fixture(scope="module")
-def grid(tmp_path_factory, data_dir):
+def grid(tmp_path_factory, digits_dir):
   workdir = str(tmp_path_factory.mktemp("study"))
-  config = tiny_study("table2", data_dir, cells=("baseline", "flt=0.04"), seeds=2)
+  config = tiny_study("table2", digits_dir, cells=("baseline", "flt=0.04"), seeds=2)
   return config, workdir, study.run_study(config, workdir)
 
 
@@ -110,7 +108,7 @@ def test_second_invocation_trains_nothing_and_partial_studies_aggregate(grid, mo
   try:
     with open(log, "w") as f:
       f.writelines(line for line in lines if json.loads(line)["step"] < 4)
-    partial = study.aggregate(config, workdir)
+    partial = study_results.aggregate(config, workdir)
     assert not partial["complete"]
     assert partial["cells"][1]["seeds"] == [0] and partial["cells"][1]["metrics"]["gap"]["std"] == 0.0
   finally:
@@ -181,10 +179,10 @@ def test_theorem32_fit_recovers_an_exact_law_after_the_warmup():
   assert fit["points"][0][1] == pytest.approx(-1 / np.log(125) ** 2)
 
 
-def test_bad_study_and_override_are_config_errors(tmp_path, data_dir):
+def test_bad_study_and_override_are_config_errors(tmp_path, digits_dir):
   with pytest.raises(ConfigError, match="study='table9' is not valid; choose one of 'table2', 'table3'"):
     study_config.get_config("table9")
-  config = tiny_study("table2", data_dir)
+  config = tiny_study("table2", digits_dir)
   config.base_overrides = {"model": {"nope": 3}}
   with pytest.raises(ConfigError, match="model.nope"):
     study.run_study(config, str(tmp_path / "w"))
@@ -192,7 +190,7 @@ def test_bad_study_and_override_are_config_errors(tmp_path, data_dir):
   # A field every cell has but that is out of range fails at the trainer's boundary, for all
   # cells before the first trains, and before the study's workdir exists.
   for name in ("table2", "fig4b"):
-    config = tiny_study(name, data_dir)
+    config = tiny_study(name, digits_dir)
     config.base_overrides = {"optimizer": {"b2": 1.0}}
     with pytest.raises(ConfigError, match=r"optimizer.b2=1.0 is out of range"):
       study.run_study(config, str(tmp_path / "w"))
@@ -209,10 +207,16 @@ def test_bad_study_and_override_are_config_errors(tmp_path, data_dir):
   ]
 
 
-def test_fig4b_rises_match_an_independent_recomputation(tmp_path, data_dir, monkeypatch):
-  workdir = str(tmp_path / "fig4b")
-  config = tiny_study("fig4b", data_dir, num_inits=4, num_steps=2, fig4b_chunk=3)
-  results = study.run_study(config, workdir)
+@pytest.fixture(scope="module")
+def fig4b_run(tmp_path_factory, digits_dir):
+  """An uninterrupted tiny Fig. 4b: 4 inits of 2 steps, in chunks of 3 (the second padded)."""
+  workdir = str(tmp_path_factory.mktemp("fig4b"))
+  config = tiny_study("fig4b", digits_dir, num_inits=4, num_steps=2, fig4b_chunk=3)
+  return config, workdir, study.run_study(config, workdir)
+
+
+def test_fig4b_rises_match_an_independent_recomputation(fig4b_run, monkeypatch):
+  config, workdir, results = fig4b_run
   assert results["num_inits"] == 4 and results["complete"] and len(results["rises"]) == 4
   # The regime's peak 5e-4 and its cosine over the run's T = 4 steps, without the warm-up.
   assert results["learning_rates"] == pytest.approx([5e-4, 5e-4 * (1 + np.cos(np.pi / 4)) / 2], rel=1e-5)
@@ -222,8 +226,8 @@ def test_fig4b_rises_match_an_independent_recomputation(tmp_path, data_dir, monk
   assert os.path.getsize(os.path.join(workdir, "fig4b.png")) > 10_000
 
   # Init 3 (the padded second chunk) again: a plain pmapped step on one device, Δ in float64.
-  setup = study.fig4b_setup(config, workdir)
-  state = train_step.init_state(setup.model, setup.tx, study.init_key(0, 3), (8, 8, 3), 24)
+  setup = fig4b.fig4b_setup(config, study.resolve_cells(config)[0], workdir)
+  state = train_step.init_state(setup.model, setup.tx, fig4b.init_key(0, 3), (8, 8, 3), 24)
   step = jax.pmap(
     functools.partial(train_step.train_step, model=setup.model, tx=setup.tx, reparam=setup.spec.reparam),
     axis_name=train_step.AXIS,
@@ -244,5 +248,34 @@ def test_fig4b_rises_match_an_independent_recomputation(tmp_path, data_dir, monk
   assert abs(gap_2 - gap_0) > 1e-4  # the steps moved the gap
 
   # A second invocation finds every init done and recomputes none.
-  monkeypatch.setattr(study, "init_key", lambda *a: pytest.fail("a finished init was recomputed"))
+  monkeypatch.setattr(fig4b, "init_key", lambda *a: pytest.fail("a finished init was recomputed"))
   assert study.run_study(config, workdir) == results
+
+
+@pytest.mark.parametrize("stop_in", ["first chunk", "second chunk"])
+def test_fig4b_stops_on_sigterm_and_resumes_exactly(tmp_path, fig4b_run, monkeypatch, stop_in):
+  """SIGTERM inside a chunk: that chunk is dropped, the finished ones are saved, Preempted says
+  how far it got; the same call then finishes with the uninterrupted run's every number."""
+  config, _, straight = fig4b_run
+  workdir = str(tmp_path / "fig4b")
+  original, calls = fig4b._Chunks.run, []
+
+  def run_with_signal(self, indices, size, stop):
+    calls.append(indices)
+    if len(calls) == (1 if stop_in == "first chunk" else 2):
+      os.kill(os.getpid(), signal.SIGTERM)  # lands before the chunk's first step
+    return original(self, indices, size, stop)
+
+  monkeypatch.setattr(fig4b._Chunks, "run", run_with_signal)
+  saved = 0 if stop_in == "first chunk" else 3
+  with pytest.raises(Preempted, match=f"SIGTERM: stopped after {saved} of 4 initialisations in "):
+    study.run_study(config, workdir)
+  monkeypatch.undo()
+  assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers are put back
+  if saved:
+    partial = study_results.load_results(workdir)
+    assert [r["init"] for r in partial["inits"]] == [0, 1, 2] and not partial["complete"]
+    assert partial["inits"] == straight["inits"][:3]
+  else:
+    assert not os.path.exists(os.path.join(workdir, "results.json"))
+  assert study.run_study(config, workdir) == straight

@@ -38,13 +38,6 @@ def digits_config(**overrides):
   return config
 
 
-@pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory):
-  directory = str(tmp_path_factory.mktemp("tfds"))
-  data.prepare("digits_captions", directory)
-  return directory
-
-
 def random_batch(rng, num_devices, global_batch, image_size, context_length):
   images = rng.standard_normal((global_batch, image_size, image_size, 3)).astype(np.float32)
   tokens = data.tokenize([f"digit {i % 10} number {i}" for i in range(global_batch)], context_length)
@@ -169,7 +162,7 @@ def test_train_and_evaluate_end_to_end_on_digits(tmp_path, digits_dir):
   workdir = str(tmp_path / "run")
   config = digits_config(**{"dataset.data_dir": digits_dir})
   final = train.train_and_evaluate(config, workdir)
-  for name in ("config.json", "metrics.jsonl", "report.md", "curves.png", "embeddings_pca.png"):
+  for name in ("config.json", "plan.json", "metrics.jsonl", "report.md", "curves.png", "embeddings_pca.png"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   train_lines = [r for r in records if r["split"] == "train"]
@@ -186,6 +179,11 @@ def test_train_and_evaluate_end_to_end_on_digits(tmp_path, digits_dir):
     assert r["i2t_r1"] <= r["i2t_r5"] <= r["i2t_r10"]
   assert final["gap"] == pytest.approx(eval_lines[-1]["gap"])
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+  # The step plan, from the split's size: full batches per epoch, warm-up 0.1 epoch, 6 steps.
+  per_epoch = len(data.load_examples("digits_captions", "train", digits_dir)) // config.batch_size
+  plan = json.load(open(os.path.join(workdir, "plan.json")))
+  assert plan == {"steps_per_epoch": per_epoch, "total_steps": 6, "warmup_steps": round(0.1 * per_epoch)}
+  assert [r["epoch"] for r in train_lines] == pytest.approx([s / per_epoch for s in range(1, 7)])
   report = open(os.path.join(workdir, "report.md")).read()
   assert "| modality gap Δ (all pairs) |" in report
   for phase in ("dataset build", "train-step compilation", "train steps", "evaluation"):

@@ -1,0 +1,17 @@
+"""The jobs ``python -m experiments.main`` runs, each a ``run(config, workdir)`` in its own module.
+
+``config.task`` names one of :data:`TASKS`; the entry point imports that module (lazily, so
+that ``--help`` stays fast) and calls its ``run``:
+
+- ``train`` (:mod:`.train`): train and evaluate one CLIP (``modgap_jax.train``);
+- ``study`` (:mod:`.study`): a resumable study of the paper (``modgap_jax.study``);
+- ``dynamics`` (:mod:`.dynamics`): integrate and verify the gradient-flow theory;
+- ``analyze`` (:mod:`.analyze`): measure the modality gap of any embeddings, or of a run.
+"""
+
+TASKS = {
+  "train": "modgap_jax.tasks.train",
+  "dynamics": "modgap_jax.tasks.dynamics",
+  "study": "modgap_jax.tasks.study",
+  "analyze": "modgap_jax.tasks.analyze",
+}
