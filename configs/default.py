@@ -18,6 +18,7 @@ and override any field, e.g. ``--config.num_epochs=3 --config.batch_size=128``.
 import ml_collections
 
 from modgap_jax import methods
+from modgap_jax.data.scenes import config as scenes_config
 from modgap_jax.models import default_model_config
 
 
@@ -62,6 +63,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_workers=-1,
     )
   )
+  # name='scenes': the world generated on the devices (modgap_jax/data/scenes/config.py;
+  # configs/scenes.py is its regime). Needs tokenizer='words' for the unbounded stream.
+  config.dataset.scenes = scenes_config.default_config()
 
   config.model = default_model_config()
   config.model.image_size = 32

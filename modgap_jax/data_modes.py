@@ -18,6 +18,10 @@ The modes:
 - :class:`StreamedMode`: host batches from grain workers (:func:`data.grain_train_batches`),
   stacked k at a time. ``dataset.on_device = 'no'``, or ``'auto'`` for a lazily read or
   large split, and always with ``dataset.crop_scale``.
+- :class:`ScenesMode`: ``dataset.name = 'scenes'`` with the world's own word tokenizer: the
+  step renders and captions its batch itself (:func:`modgap_jax.data.scenes.device_batch`),
+  from an unbounded stream or a fixed pool. With another tokenizer the pool
+  (``dataset.scenes.num_train > 0``) is materialised once and trained as a resident split.
 
 A new mode is one subclass of :class:`DataMode` and one branch of :func:`choose_data_mode`.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -37,7 +42,7 @@ import optax
 
 from modgap_jax import data, temperature
 from modgap_jax import train_step as train_step_lib
-from modgap_jax.data import resident
+from modgap_jax.data import resident, scenes
 from modgap_jax.errors import ConfigError, check_choice
 
 # A train split up to this size (images + tokens, per device) is kept on the devices.
@@ -169,6 +174,56 @@ class StreamedMode(DataMode):
       self._batches.close()
 
 
+class ScenesMode(DataMode):
+  """The scenes world, drawn inside the step: batch s is a pure function of (config.seed, s)."""
+
+  name = "scenes"
+
+  def __init__(self, config: ml_collections.ConfigDict, world: scenes.SceneWorld, stream: data.TrainStream):
+    super().__init__()
+    check_generated_options(config)
+    num_train = scenes.check_num_train(config.dataset.scenes.num_train, stream.global_batch_size)
+    self.examples_per_epoch = num_train or int(config.dataset.scenes.epoch_size)
+    self._config, self._stream = config, stream
+    self._draw = functools.partial(
+      _scenes_draw,
+      world=world,
+      seed=stream.seed,
+      global_batch_size=stream.global_batch_size,
+      mean=tuple(stream.mean),
+      std=tuple(stream.std),
+      context_length=stream.context_length,
+      num_train=num_train,
+    )
+
+  def start(self, training: Training, start_step: int) -> None:
+    del start_step  # the step reads it from the state
+    self._steps = train_step_lib.make_device_drawn_multistep(
+      training.model, training.tx, training.spec.reparam, self._config.swap, self._draw, self._config.nonfinite
+    )
+
+  def run(self, num_steps, p_state):
+    return self._steps.run(num_steps, p_state)
+
+
+def _scenes_draw(step, *, world, seed, **kwargs):
+  return scenes.device_batch(world, seed, step, axis_name=train_step_lib.AXIS, **kwargs)
+
+
+def check_generated_options(config: ml_collections.ConfigDict) -> None:
+  """Options of stored images that a generated world does not have are refused, by name."""
+  for field, value, off in (
+    ("dataset.crop_scale", tuple(config.dataset.crop_scale), ()),
+    ("dataset.mismatch_fraction", config.dataset.mismatch_fraction, 0.0),
+    ("dataset.augment_min_scale", config.dataset.augment_min_scale, 1.0),
+  ):
+    if value != off:
+      raise ConfigError(
+        f"{field}={value!r} applies to stored images; the scenes world draws fresh scenes on the "
+        f"devices (set {field}={off!r}, or use dataset.scenes.num_train for a fixed pool)"
+      )
+
+
 def choose_data_mode(
   config: ml_collections.ConfigDict, train_split: data.Examples, stream: data.TrainStream, *, steps_per_dispatch: int
 ) -> DataMode:
@@ -180,6 +235,8 @@ def choose_data_mode(
     stream: the spec of its training batches, with its tokenizer.
     steps_per_dispatch: steps per dispatch (a streamed mode keeps two dispatches ready).
   """
+  if config.dataset.name == scenes.NAME and config.dataset.tokenizer == "words":
+    return ScenesMode(config, scenes.world_from_config(config.dataset, config.model.image_size), stream)
   if use_resident(config, train_split):
     return ResidentMode(config, train_split, stream)
   return StreamedMode(config, train_split, stream, buffer_size=2 * steps_per_dispatch)

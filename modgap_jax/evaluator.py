@@ -16,6 +16,7 @@ import numpy as np
 
 from modgap_jax import data, evaluation, models, numerics, temperature
 from modgap_jax import train_step as train_step_lib
+from modgap_jax.data import scenes
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -52,7 +53,11 @@ class Evaluator:
     self.label_key = label if label and label in eval_split.labels() else None
     self.class_tokens = None
     if self.label_key and config.eval.zero_shot:
-      classnames, templates = data.zero_shot_classes(config.dataset.name, self.label_key, split=eval_split)
+      if config.dataset.name == scenes.NAME:  # generated: the world names its classes
+        world = scenes.world_from_config(config.dataset, config.model.image_size)
+        classnames, templates = scenes.zero_shot_classes(world, self.label_key)
+      else:
+        classnames, templates = data.zero_shot_classes(config.dataset.name, self.label_key, split=eval_split)
       prompts = [template.format(c) for c in classnames for template in templates]
       self.class_tokens = tokenizer.encode(prompts, self.context_length)
       self.class_shape = (len(classnames), len(templates))

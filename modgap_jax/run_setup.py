@@ -38,12 +38,15 @@ import optax
 from modgap_jax import data, data_modes, models, run_io, swap, temperature
 from modgap_jax import train_step as train_step_lib
 from modgap_jax import workdir as workdir_lib
-from modgap_jax.data import text
+from modgap_jax.data import registry, scenes, text
+from modgap_jax.data.scenes import config as scenes_config
 from modgap_jax.errors import ConfigError, check_choice, check_number
 from modgap_jax.evaluator import Evaluator
 from modgap_jax.step_plan import PLAN_FILE, StepPlan, plan_steps, read_plan
 
 TOKENIZER_FILE = "tokenizer.json"
+# The built datasets, and the scenes world, which is generated (no files, no builder).
+DATASET_NAMES = (*data.DATASETS, scenes.NAME)
 
 # The config field behind each field of the training stream's spec that has one, so that the
 # spec's checks (the only ones these fields get) name what the user set.
@@ -79,8 +82,19 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
     The spec of the run's training batches, without its tokenizer (made from the data later).
   """
   num_devices = jax.local_device_count() if num_devices is None else num_devices
-  check_choice("dataset.name", config.dataset.name, data.DATASETS)
+  check_choice("dataset.name", config.dataset.name, DATASET_NAMES)
   check_choice("dataset.tokenizer", config.dataset.tokenizer, data.TOKENIZER_KINDS)
+  if config.dataset.name == scenes.NAME:
+    scenes.world_from_config(config.dataset, config.model.image_size)  # the world checks its fields
+    scenes_config.check_sizes(config.dataset)
+    if config.dataset.tokenizer == "words":
+      data_modes.check_generated_options(config)
+    elif not config.dataset.scenes.num_train:
+      raise ConfigError(
+        f"dataset.tokenizer={config.dataset.tokenizer!r} needs a fixed pool of scenes with dataset=scenes "
+        "(dataset.scenes.num_train > 0): only the world's own 'words' tokenizer captions the unbounded "
+        "stream on the devices"
+      )
   if config.dataset.tokenizer == "bpe":  # the byte tokenizer's fixed size is checked once it is made
     text.bpe.check_vocab_size(config.model.vocab_size, "model.vocab_size")
   swap.check_swap(config.swap.method, config.swap.p)
@@ -124,6 +138,14 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
   )
 
 
+def eval_split_of(dataset_config: ml_collections.ConfigDict, *, say=None) -> str:
+  """``dataset.eval_split``, or when '' the dataset's own choice (``data.resolve_eval_split``;
+  the scenes world's held-out split is 'test')."""
+  if dataset_config.name == scenes.NAME:
+    return check_choice("dataset.eval_split", dataset_config.eval_split or "test", ("test",))
+  return data.resolve_eval_split(dataset_config, say=say)
+
+
 def steps_per_dispatch(config: ml_collections.ConfigDict) -> int:
   """``config.steps_per_dispatch``, with 0 resolved: 1 on CPU, 10 on accelerators."""
   k = int(config.steps_per_dispatch)
@@ -156,6 +178,9 @@ def _cached(cache: DataCache | None, key: Hashable, make: Callable[[], Any]) -> 
 
 
 def _split_key(config: ml_collections.ConfigDict, split: str) -> tuple:
+  if config.dataset.name == scenes.NAME:  # a rendered split: the world and the seeds fix it
+    fields = config.dataset.scenes.to_json(sort_keys=True)
+    return ("scenes", split, fields, config.model.image_size, config.seed, config.dataset.tokenizer)
   files = data.file_options(config.dataset)
   return ("split", config.dataset.name, split, config.dataset.data_dir or None, tuple(sorted(files.items())))
 
@@ -163,7 +188,12 @@ def _split_key(config: ml_collections.ConfigDict, split: str) -> tuple:
 def load_splits(
   config: ml_collections.ConfigDict, cache: DataCache | None = None
 ) -> tuple[data.Examples, data.Examples]:
-  """The run's train and eval splits, built on first use, with the dataset's file options."""
+  """The run's train and eval splits, built on first use, with the dataset's file options.
+
+  The scenes world's splits are rendered instead (:func:`scenes_splits`).
+  """
+  if config.dataset.name == scenes.NAME:
+    return scenes_splits(config, cache)
   data_dir = config.dataset.data_dir or None
   files = data.file_options(config.dataset)  # path and build options of coco_raw / image_text_folder
 
@@ -173,6 +203,29 @@ def load_splits(
     )
 
   return load(config.dataset.train_split), load(config.dataset.eval_split)
+
+
+def scenes_splits(config: ml_collections.ConfigDict, cache: DataCache | None = None) -> tuple[data.Examples, ...]:
+  """The scenes world's (train, eval) splits, materialised (``data.scenes.config``'s docstring).
+
+  train: the first ``num_probe`` scenes of the 'train' stream of ``dataset.scenes.seed`` (the
+  linear probe's), or with another tokenizer than 'words' the run's fixed pool, the first
+  ``num_train`` scenes of seed ``config.seed``, trained as a resident split. eval: the held-out
+  'test' split of ``dataset.scenes.seed``.
+  """
+  fields = config.dataset.scenes
+  world = scenes.world_from_config(config.dataset, config.model.image_size)
+  if config.dataset.tokenizer == "words":
+    train_seed, train_count = int(fields.seed), int(fields.num_probe)
+  else:
+    train_seed, train_count = int(config.seed), int(fields.num_train)
+
+  def make(seed, split, count):
+    return _cached(
+      cache, ("scenes", world, seed, split, count), lambda: scenes.make_examples(world, seed, split, count)
+    )
+
+  return make(train_seed, "train", train_count), make(int(fields.seed), "test", world.num_test)
 
 
 def load_tokenizer(
@@ -192,6 +245,8 @@ def load_tokenizer(
   if saved:
     with open(path) as f:
       tokenizer = data.tokenizer_from_json(f.read())
+  elif config.dataset.name == scenes.NAME and config.dataset.tokenizer == "words":
+    tokenizer = scenes.world_from_config(config.dataset, config.model.image_size).tokenizer()
   else:
     kind, size = config.dataset.tokenizer, config.model.vocab_size
     key = ("tokenizer", kind, size, _split_key(config, config.dataset.train_split))
@@ -307,6 +362,7 @@ def setup_run(
   """
   num_devices = jax.local_device_count() if num_devices is None else num_devices
   stream = check_config(config, num_devices)
+  config.dataset.eval_split = eval_split_of(config.dataset, say=registry.say_once if jax.process_index() == 0 else None)
   if workdir:
     workdir_lib.check_same_run(workdir, config)
   train_split, eval_split = load_splits(config, cache)

@@ -270,23 +270,24 @@ def _scan_steps(
   return lax.scan(body, state, xs, length=num_steps, unroll=num_steps if unroll else 1)
 
 
-def resident_steps(
+def device_drawn_steps(
   state: TrainState,
-  split: resident.ResidentSplit,
-  data_key: jax.Array,
-  *,
+  *inputs: Any,
   step_fn: Callable,
-  sampling: resident.Sampling,
+  draw: Callable,
   num_steps: int,
   unroll: bool = False,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """``num_steps`` steps, each drawing batch ``state.step`` from the resident split.
+  """``num_steps`` steps, each drawing batch ``state.step`` on the devices: ``draw(step, *inputs)``.
 
-  Returns the final state and the logs of every step, stacked on a leading [num_steps] axis.
+  ``draw`` returns this device's share of the global batch (``axis_name=AXIS``): from a
+  resident split (``inputs`` = the split and its data key) or from a generated world (no
+  inputs). Returns the final state and the logs of every step, stacked on a leading
+  [num_steps] axis.
   """
 
   def body(state, _):
-    return step_fn(state, resident.device_batch(split, data_key, state.step, sampling, axis_name=AXIS))
+    return step_fn(state, draw(state.step, *inputs))
 
   return _scan_steps(body, state, None, num_steps, unroll)
 
@@ -338,8 +339,26 @@ def make_resident_multistep(
   nonfinite: str = "stop",
 ) -> MultiStep:
   """``run(k, p_state, p_split, p_data_key)``: k steps that draw their own batches on device."""
+  draw = functools.partial(_resident_draw, sampling=sampling)
+  return make_device_drawn_multistep(model, tx, reparam, swap_cfg, draw, nonfinite)
+
+
+def _resident_draw(step, split, data_key, *, sampling):
+  return resident.device_batch(split, data_key, step, sampling, axis_name=AXIS)
+
+
+def make_device_drawn_multistep(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  reparam: temperature.Reparam,
+  swap_cfg: ml_collections.ConfigDict,
+  draw: Callable,
+  nonfinite: str = "stop",
+) -> MultiStep:
+  """``run(k, p_state, *p_inputs)``: k steps, step s training on ``draw(s, *inputs)`` (see
+  :func:`device_drawn_steps`)."""
   step_fn = bind_step(model, tx, reparam, swap_cfg, nonfinite)
-  return MultiStep(resident_steps, dict(step_fn=step_fn, sampling=sampling))
+  return MultiStep(device_drawn_steps, dict(step_fn=step_fn, draw=draw))
 
 
 def make_streamed_multistep(

@@ -22,6 +22,7 @@ from typing import Any
 import ml_collections
 
 from modgap_jax import run_io
+from modgap_jax.data.scenes import config as scenes_config
 from modgap_jax.errors import ConfigError
 
 # Fields a resumed run may change: they decide what is logged, evaluated, kept or shown, and
@@ -52,6 +53,7 @@ ADDED_FIELDS = {
     "split_seed": 0,
     "crop_scale": (),
     "crop_ratio": (3 / 4, 4 / 3),
+    "scenes": scenes_config.DEFAULTS,
   },
 }
 

@@ -14,7 +14,8 @@ Modules, each importing only those above it:
                  :func:`parse_caption`;
   ``batch``      :func:`device_batch`: a device's share of a training step's batch;
   ``examples``   :func:`make_examples`: a materialised split (the held-out 'test' split);
-  ``zero_shot``  :func:`zero_shot_classes`: prompts for the first object's shape or colour.
+  ``zero_shot``  :func:`zero_shot_classes`: prompts for the first object's shape or colour;
+  ``config``     a run's ``config.dataset.scenes`` to a world (:func:`world_from_config`).
 
 Typical use::
 
@@ -27,6 +28,7 @@ Typical use::
 
 from modgap_jax.data.scenes.batch import check_num_train, device_batch, train_indices
 from modgap_jax.data.scenes.captions import caption_strings, caption_tokens, parse_caption
+from modgap_jax.data.scenes.config import NAME, world_from_config
 from modgap_jax.data.scenes.examples import make_examples
 from modgap_jax.data.scenes.rendering import render
 from modgap_jax.data.scenes.sample import SPLIT_IDS, Scenes, draw_scenes
@@ -34,6 +36,8 @@ from modgap_jax.data.scenes.world import LABEL_KEYS, SHAPE_KINDS, SceneWorld
 from modgap_jax.data.scenes.zero_shot import zero_shot_classes
 
 __all__ = [
+  "NAME",
+  "world_from_config",
   "LABEL_KEYS",
   "SHAPE_KINDS",
   "SPLIT_IDS",
