@@ -142,6 +142,12 @@ def test_bundled_configs_translate_both_ways(name):
     assert pretrained.from_model_config(cfg) == {**bundled, 'quick_gelu': cfg.quick_gelu}
 
 
+def test_default_normalisation_is_the_pipelines():
+  from modgap_jax.data import pipeline
+
+  assert (pretrained.OPENAI_MEAN, pretrained.OPENAI_STD) == (pipeline.CLIP_MEAN, pipeline.CLIP_STD)
+
+
 def test_bundled_heads_follow_open_clip():
   rn50, _ = pretrained.to_model_config('RN50')
   assert (rn50.resnet.heads, rn50.resnet.norm, rn50.text.heads) == (32, 'batch', 8)  # 2048 channels / 64
@@ -178,6 +184,16 @@ def test_config_options_we_cannot_honour_are_named(change, field):
   with pytest.raises(ConfigError, match=field.replace('.', r'\.')) as error:
     pretrained.to_model_config(cfg)
   assert '\n' not in str(error.value)
+
+
+def test_resnet_sizes_open_clip_cannot_pool_are_refused():
+  cfg, _, _ = pretrained.configs.read_config('RN50')
+  cfg['vision_cfg']['image_size'] = 63  # a 2x2 map, where open_clip's pool has 63 // 32 = 1 position
+  with pytest.raises(ConfigError, match=r'vision_cfg\.image_size=63'):
+    pretrained.to_model_config(cfg)
+  cfg['vision_cfg']['layers'] = [3, 4, 6]
+  with pytest.raises(ConfigError, match=r'vision_cfg\.layers'):
+    pretrained.to_model_config(cfg)
 
 
 def test_unknown_config_lists_the_bundled_ones():
@@ -356,6 +372,11 @@ def test_torch_state_dict_loads_through_torch(tmp_path):
   from_bin = pretrained.load(str(path), _model_dir(name))
   from_safetensors = pretrained.load(_model_dir(name))
   jax.tree_util.tree_map(np.testing.assert_array_equal, from_bin.variables, from_safetensors.variables)
+  # A directory as open_clip publishes .bin weights: found by name, config beside them.
+  torch.save(state, tmp_path / 'open_clip_pytorch_model.bin')
+  shutil.copy(os.path.join(_model_dir(name), 'open_clip_config.json'), tmp_path)
+  from_dir = pretrained.load(str(tmp_path))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, from_dir.variables, from_safetensors.variables)
 
 
 def test_missing_config_beside_weights(tmp_path):

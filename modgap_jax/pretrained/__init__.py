@@ -130,7 +130,7 @@ def load(
     )
   logit_scale = float(scale.reshape(()))
   nu = nu_from_logit_scale(logit_scale, reparam)
-  variables['params']['temperature'] = {'nu': nu}
+  variables['params']['temperature'] = {'nu': np.asarray(nu, np.float32)}  # 0-d, as the model's ν
   model = models.create_model(model_cfg, float(nu))
   return Pretrained(model, variables, model_cfg, preprocess, logit_scale)
 

@@ -35,6 +35,7 @@ from modgap_jax.models.resnet import feature_map_size
 
 CONFIG_FILE = 'open_clip_config.json'  # The name open_clip gives the config it publishes beside weights.
 # CLIP's image normalisation (per RGB channel, on pixels scaled to [0, 1]); open_clip's default.
+# data.pipeline.CLIP_MEAN/CLIP_STD hold the same numbers; importing them here would load TFDS.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -120,7 +121,7 @@ def read_config(config: str | dict) -> tuple[dict, dict, str]:
   else ``{}``. ``label`` names the config in messages.
   """
   if isinstance(config, dict):
-    raw, label = config, 'the given config'
+    raw, label = config, '(given as a dict)'
   elif isinstance(config, str) and config in bundled_names():
     resource = importlib_resources.files('modgap_jax.pretrained') / 'configs' / f'{config}.json'
     raw, label = json.loads(resource.read_text()), config
@@ -216,7 +217,8 @@ def to_model_config(config: str | dict, dtype: str = 'float32') -> tuple[ml_coll
       raise ConfigError(f'config {label}: vision_cfg.head_width={head_width} must divide 32*width={channels}')
     if feature_map_size(cfg.image_size, 4) != cfg.image_size // 32:
       raise ConfigError(
-        f'config {label}: vision_cfg.image_size={cfg.image_size} must be a multiple of 32 for a ModifiedResNet'
+        f'config {label}: vision_cfg.image_size={cfg.image_size} gives a ModifiedResNet a feature map that is '
+        f'not the image_size//32 = {cfg.image_size // 32} positions its attention pool has'
       )
     cfg.resnet = dict(
       layers=tuple(_int(f'vision_cfg.layers[{i}]', n, label) for i, n in enumerate(layers)),
@@ -267,7 +269,9 @@ def from_model_config(model_cfg: ml_collections.ConfigDict) -> dict:
     if len(r.layers) != 4:
       raise ConfigError(f'model.resnet.layers={tuple(r.layers)} has no open_clip counterpart; it needs 4 stages')
     if feature_map_size(cfg.image_size, 4) != cfg.image_size // 32:
-      raise ConfigError(f'model.image_size={cfg.image_size} has no open_clip ModifiedResNet; use a multiple of 32')
+      raise ConfigError(
+        f'model.image_size={cfg.image_size} has no open_clip ModifiedResNet: its feature map is not image_size//32'
+      )
     vision = {
       'image_size': cfg.image_size,
       'layers': list(r.layers),

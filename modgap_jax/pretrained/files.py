@@ -23,12 +23,13 @@ from modgap_jax.errors import ConfigError
 from modgap_jax.pretrained import safetensors_io
 
 # In a directory, the weights open_clip publishes, in the order open_clip itself prefers them.
+# Not 'model.safetensors' or 'pytorch_model.bin': in the hub's repositories those hold timm's or
+# transformers' layouts of the same weights.
 WEIGHT_FILES = (
   'open_clip_model.safetensors',
   'open_clip_pytorch_model.safetensors',
-  'model.safetensors',
   'open_clip_pytorch_model.bin',
-  'pytorch_model.bin',
+  'open_clip_pytorch_model.pth',
 )
 _PICKLE_PROTOCOL = 0x80  # The first byte of a binary pickle, as old torch.save files are.
 
