@@ -95,6 +95,8 @@ def check_model_config(model_cfg: ml_collections.ConfigDict) -> None:
   - ``image_size``: input side in pixels (square images; fixes the positional embeddings).
   - ``vocab_size``, ``context_length``: text tokens; EOT must be the largest id.
   - ``dtype``: compute dtype, 'float32' (default when absent) or 'bfloat16'; params stay float32.
+  - ``quick_gelu``: optional bool, default True: the Transformers' MLP activation, CLIP's
+    QuickGELU, or else the exact GELU (open_clip's configs without ``quick_gelu``).
   - ``text.width``, ``text.depth``, ``text.heads``.
   - if resnet: ``resnet.layers`` (tuple, one entry per stage), ``resnet.width`` (even),
     ``resnet.heads`` (divides ``width·2^(stages−1)·4``), ``resnet.norm`` ('batch' or 'group'),
@@ -105,6 +107,7 @@ def check_model_config(model_cfg: ml_collections.ConfigDict) -> None:
   """
   cfg = model_cfg
   check_choice('model.dtype', cfg.get('dtype', 'float32'), tuple(DTYPES))
+  check_choice('model.quick_gelu', cfg.get('quick_gelu', True), (True, False))
   tower = check_choice('model.image_tower', cfg.image_tower, IMAGE_TOWERS)
   for field in ('embed_dim', 'image_size', 'vocab_size', 'context_length'):
     _positive_int(f'model.{field}', cfg[field])
@@ -148,6 +151,7 @@ def create_model(model_cfg: ml_collections.ConfigDict, nu_init: float) -> CLIP:
   cfg = model_cfg
   # Every tower maps into the joint space at one compute dtype (parameters stay float32).
   joint = dict(output_dim=cfg.embed_dim, dtype=DTYPES[cfg.get('dtype', 'float32')])
+  quick_gelu = bool(cfg.get('quick_gelu', True))
   if cfg.image_tower == 'resnet':
     r = cfg.resnet
     image = ModifiedResNet(
@@ -161,10 +165,18 @@ def create_model(model_cfg: ml_collections.ConfigDict, nu_init: float) -> CLIP:
     )
   else:
     image = VisionTransformer(
-      image_size=cfg.image_size, patch_size=cfg.vit.patch_size, **_transformer_shape(cfg.vit), **joint
+      image_size=cfg.image_size,
+      patch_size=cfg.vit.patch_size,
+      quick_gelu=quick_gelu,
+      **_transformer_shape(cfg.vit),
+      **joint,
     )
   text = TextTransformer(
-    vocab_size=cfg.vocab_size, context_length=cfg.context_length, **_transformer_shape(cfg.text), **joint
+    vocab_size=cfg.vocab_size,
+    context_length=cfg.context_length,
+    quick_gelu=quick_gelu,
+    **_transformer_shape(cfg.text),
+    **joint,
   )
   return CLIP(image=image, text=text, nu_init=float(nu_init))
 

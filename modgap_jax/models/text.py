@@ -33,18 +33,25 @@ def quick_gelu(x: jax.Array) -> jax.Array:
   return x * jax.nn.sigmoid(1.702 * x)
 
 
+def gelu(x: jax.Array) -> jax.Array:
+  """The exact GELU, x·Φ(x) with Φ the standard normal CDF: open_clip's activation when its
+  config has ``quick_gelu`` false (PyTorch's ``nn.GELU`` default, not the tanh approximation)."""
+  return jax.nn.gelu(x, approximate=False)
+
+
 def layer_norm(name: str) -> nn.LayerNorm:
   """A LayerNorm that computes and returns float32; later layers cast back to their dtype."""
   return nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=jnp.float32, use_fast_variance=False, name=name)
 
 
 class MlpBlock(nn.Module):
-  """Width → 4·width → width, with QuickGELU between."""
+  """Width → 4·width → width, with QuickGELU (or, with ``quick_gelu=False``, the exact GELU) between."""
 
   width: int
   fc_std: float
   proj_std: float
   dtype: Dtype = jnp.float32
+  quick_gelu: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -55,7 +62,7 @@ class MlpBlock(nn.Module):
       kernel_init=nn.initializers.normal(self.fc_std),
       name='fc',
     )(x)
-    x = quick_gelu(x)
+    x = quick_gelu(x) if self.quick_gelu else gelu(x)
     return nn.Dense(
       self.width,
       dtype=self.dtype,
@@ -80,6 +87,7 @@ class ResidualAttentionBlock(nn.Module):
   proj_std: float
   fc_std: float
   dtype: Dtype = jnp.float32
+  quick_gelu: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, query_index: jax.Array | None = None) -> jax.Array:
@@ -101,7 +109,7 @@ class ResidualAttentionBlock(nn.Module):
       name='attn',
     )(y, keys, mask=mask)
     x = x + y.astype(x.dtype)
-    y = MlpBlock(self.width, self.fc_std, self.proj_std, self.dtype, name='mlp')(layer_norm('ln_2')(x))
+    y = MlpBlock(self.width, self.fc_std, self.proj_std, self.dtype, self.quick_gelu, name='mlp')(layer_norm('ln_2')(x))
     return x + y.astype(x.dtype)
 
 
@@ -111,12 +119,14 @@ class Transformer(nn.Module):
   The default standard deviations are CLIP's text-tower ones: attention in-projections
   width^-1/2, MLP input (2·width)^-1/2, and every projection back into the residual stream
   width^-1/2·(2·depth)^-1/2, since 2·depth such writes add up in the stream.
+  ``quick_gelu`` picks the MLPs' activation (see :class:`MlpBlock`).
   """
 
   width: int
   depth: int
   heads: int
   dtype: Dtype = jnp.float32
+  quick_gelu: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, output_index: jax.Array | None = None) -> jax.Array:
@@ -126,9 +136,10 @@ class Transformer(nn.Module):
     fc_std = (2 * self.width) ** -0.5
     for i in range(self.depth):
       last = i == self.depth - 1
-      x = ResidualAttentionBlock(self.width, self.heads, attn_std, proj_std, fc_std, self.dtype, name=f'block{i}')(
-        x, mask, output_index if last else None
+      block = ResidualAttentionBlock(
+        self.width, self.heads, attn_std, proj_std, fc_std, self.dtype, self.quick_gelu, name=f'block{i}'
       )
+      x = block(x, mask, output_index if last else None)
     return x
 
 
@@ -141,6 +152,7 @@ class TextTransformer(nn.Module):
     width, depth, heads: Transformer shape (width must be divisible by heads).
     output_dim: the joint embedding dimension.
     dtype: compute dtype (float32 or bfloat16); parameters are float32.
+    quick_gelu: the MLPs' activation, QuickGELU (CLIP's, the default) or else the exact GELU.
 
   Sows the per-position outputs of the final LayerNorm as ``intermediates/token_features``
   (apply with ``mutable=['intermediates']`` to read them).
@@ -153,6 +165,7 @@ class TextTransformer(nn.Module):
   heads: int
   output_dim: int
   dtype: Dtype = jnp.float32
+  quick_gelu: bool = True
 
   @nn.compact
   def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -175,7 +188,7 @@ class TextTransformer(nn.Module):
     # the whole caption and padding after EOT cannot leak into it.
     mask = nn.make_causal_mask(tokens, dtype=jnp.bool_)
     eot = jnp.argmax(tokens, axis=-1)
-    transformer = Transformer(self.width, self.depth, self.heads, self.dtype, name='transformer')
+    transformer = Transformer(self.width, self.depth, self.heads, self.dtype, self.quick_gelu, name='transformer')
     if self.is_mutable_collection('intermediates'):
       x = layer_norm('ln_final')(transformer(x, mask))
       self.sow('intermediates', 'token_features', x)

@@ -29,6 +29,7 @@ class VisionTransformer(nn.Module):
     width, depth, heads: Transformer shape (width must be divisible by heads).
     output_dim: the joint embedding dimension.
     dtype: compute dtype (float32 or bfloat16); parameters are float32.
+    quick_gelu: the MLPs' activation, QuickGELU (CLIP's, the default) or else the exact GELU.
   """
 
   image_size: int
@@ -38,6 +39,7 @@ class VisionTransformer(nn.Module):
   heads: int
   output_dim: int
   dtype: Dtype = jnp.float32
+  quick_gelu: bool = True
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -64,7 +66,7 @@ class VisionTransformer(nn.Module):
     pos = self.param('positional_embedding', nn.initializers.normal(scale), x.shape[1:], jnp.float32)
     x = layer_norm('ln_pre')(x + pos.astype(self.dtype)).astype(self.dtype)
     # Only the class token (row 0) is read out, so the last block computes that row alone.
-    x = Transformer(self.width, self.depth, self.heads, self.dtype, name='transformer')(
+    x = Transformer(self.width, self.depth, self.heads, self.dtype, self.quick_gelu, name='transformer')(
       x, output_index=jnp.zeros((n,), jnp.int32)
     )
     x = layer_norm('ln_post')(x[:, 0])

@@ -7,7 +7,8 @@ Modules, each importing only those above it in this list:
   ``byte``     :class:`ByteTokenizer`, the default (UTF-8 bytes, 259 ids), and the
                module-level ``tokenize`` / ``detokenize`` that use it;
   ``bpe``      :class:`BPETokenizer` and :func:`train_bpe` (byte-level BPE trained on the
-               training captions);
+               training captions), and CLIP's own tokenizer on the same engine
+               (:func:`load_clip_tokenizer` reads CLIP's vocabulary file);
   ``words``    :class:`WordTokenizer` (one id per word of a fixed list, e.g. the scenes
                world's vocabulary) and :func:`train_words`;
   ``factory``  ``make_tokenizer(kind, captions, vocab_size)``, ``from_json`` and
@@ -23,7 +24,7 @@ evaluation script, a prompt tool) stays light::
 """
 
 from modgap_jax.data.text.base import PAD_ID, Tokenizer, check_context_length, normalize, pack
-from modgap_jax.data.text.bpe import BPETokenizer, train_bpe
+from modgap_jax.data.text.bpe import CLIP_CONTEXT_LENGTH, BPETokenizer, CLIPTokenizer, load_clip_tokenizer, train_bpe
 from modgap_jax.data.text.byte import ByteTokenizer, detokenize, tokenize
 from modgap_jax.data.text.factory import TOKENIZER_KINDS, from_json, make_tokenizer
 from modgap_jax.data.text.words import WordTokenizer, train_words
@@ -36,6 +37,9 @@ __all__ = [
   "pack",
   "BPETokenizer",
   "train_bpe",
+  "CLIP_CONTEXT_LENGTH",
+  "CLIPTokenizer",
+  "load_clip_tokenizer",
   "ByteTokenizer",
   "detokenize",
   "tokenize",

@@ -32,6 +32,10 @@ id, for the text tower's argmax pooling. ``vocab_size = 260 + len(merges)``.
 Encoding applies the merges in the order they were learned (lowest rank first, every
 occurrence of the pair, left to right), which reproduces the segmentation training reached
 on every training piece; each piece's result is cached.
+
+CLIP's own tokenizer (:class:`CLIPTokenizer`, :func:`load_clip_tokenizer`) runs the same
+engine on the merges of CLIP's vocabulary file, with CLIP's text cleaning, pre-tokenisation
+and ids (SOT 49406, EOT 49407, context 77).
 """
 
 from __future__ import annotations
@@ -184,6 +188,8 @@ class BPETokenizer:
       self._bytes.append(self._bytes[a] + self._bytes[b])
       self._ends_word.append(self._ends_word[b])
     self._rank = {pair: k for k, pair in enumerate(self.merges)}
+    # The id of each symbol; CLIPTokenizer lays its ids out differently.
+    self._ids = list(range(_ID_OFFSET, _ID_OFFSET + len(self._bytes)))
     self.vocab_size = MIN_VOCAB_SIZE + len(self.merges)
     self.sot_id = self.vocab_size - 2
     self.eot_id = self.vocab_size - 1
@@ -201,7 +207,7 @@ class BPETokenizer:
       if best is None:
         break
       symbols = _merge_pair(symbols, self.merges[best], FIRST_MERGE + best)
-    ids = tuple(s + _ID_OFFSET for s in symbols)
+    ids = tuple(self._ids[s] for s in symbols)
     if len(self._cache) >= _CACHE_LIMIT:
       self._cache.clear()
     self._cache[piece] = ids
@@ -292,10 +298,199 @@ class BPETokenizer:
     return result
 
   def __eq__(self, other) -> bool:
-    return isinstance(other, BPETokenizer) and self.merges == other.merges
+    return type(other) is type(self) and self.merges == other.merges
 
   def __hash__(self) -> int:
     return hash(self.merges)
 
   def __repr__(self) -> str:
     return f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)})"
+
+
+# ----------------------------------------------------------------------------- CLIP's vocabulary
+
+CLIP_VOCAB_SIZE = 49408  # 256 bytes, the 256 bytes ending a word, 48894 merges, SOT, EOT.
+CLIP_CONTEXT_LENGTH = 77
+_CLIP_BASE_IDS = 512
+# The strings open_clip's tokenizer turns into SOT and EOT where a caption contains them.
+_CLIP_SPECIALS = ('<start_of_text>', '<end_of_text>')
+# CLIP's pre-tokenisation: a special, an English contraction, a run of letters, one digit, or a
+# run of other non-space characters; case-insensitive as in CLIP (\p{…} needs the regex module).
+_CLIP_PATTERN = '|'.join(_CLIP_SPECIALS) + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+_JSON_KIND_CLIP = 'clip_bpe'
+
+
+def clip_byte_order() -> list[int]:
+  """The bytes in the order of CLIP's ids 0..255: the printable Latin-1 ones, then the rest ascending.
+
+  The printable ones are '!'..'~', '¡'..'¬' and '®'..'ÿ'; in the vocabulary file each stands for
+  itself, and the n-th of the others (control bytes, space, soft hyphen) for chr(256 + n).
+  """
+  printable = [*range(ord('!'), ord('~') + 1), *range(ord('¡'), ord('¬') + 1), *range(ord('®'), ord('ÿ') + 1)]
+  return printable + [b for b in range(256) if b not in set(printable)]
+
+
+def clip_byte_chars() -> dict[int, str]:
+  """Each byte's character in CLIP's vocabulary file (see :func:`clip_byte_order`)."""
+  order = clip_byte_order()
+  return {b: chr(b) if i < 188 else chr(256 + i - 188) for i, b in enumerate(order)}
+
+
+def clip_clean(text: str) -> str:
+  """CLIP's text cleaning: ftfy's repair, HTML entities unescaped twice, whitespace collapsed, lower case."""
+  import html
+
+  import ftfy
+
+  text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+  return ' '.join(text.split()).lower()
+
+
+class CLIPTokenizer(BPETokenizer):
+  """CLIP's tokenizer: its byte-level BPE driven by its merges file, its cleaning and its ids.
+
+  The merges run through :class:`BPETokenizer`'s engine. CLIP's first symbols are the bytes and
+  the bytes with ``</w>`` attached (a word's last byte); here a word is its bytes then ``</w>``,
+  so the engine's first 256 merges join each byte with ``</w>``, in CLIP's byte order, and
+  CLIP's merges follow. Every piece of CLIP's pre-tokeniser ends with ``</w>``, so its last
+  byte takes that merge first, which is where CLIP starts; the rest then merge alike.
+
+  Ids are CLIP's: byte b is its rank in :func:`clip_byte_order`, the same byte ending a word
+  256 more, merge k (line k + 1 of the file) 512 + k, then SOT = ``vocab_size − 2`` and
+  EOT = ``vocab_size − 1`` (49406 and 49407): EOT is the largest id, as our text tower needs.
+  Padding is 0, as in CLIP, although 0 is also '!': :meth:`decode` stops at EOT.
+
+  Attributes:
+    clip_merges: the merges as the file writes them, pairs of strings in CLIP's byte alphabet.
+  """
+
+  def __init__(self, merges: Iterable[tuple[str, str]]):
+    merges = tuple((str(a), str(b)) for a, b in merges)
+    chars = clip_byte_chars()
+    order = clip_byte_order()
+    symbol = {chars[b]: b for b in range(256)}
+    engine = [(b, END_OF_WORD) for b in order]
+    for k, b in enumerate(order):
+      symbol[chars[b] + '</w>'] = FIRST_MERGE + k
+    for line, (first, second) in enumerate(merges):
+      if first not in symbol or second not in symbol:
+        raise ConfigError(
+          f'CLIP merge {line + 1} ({first} {second}) joins a token that no earlier line or byte defines'
+        )
+      engine.append((symbol[first], symbol[second]))
+      symbol[first + second] = FIRST_MERGE + len(engine) - 1
+    super().__init__(engine)
+    self.clip_merges = merges
+    self.vocab_size = _CLIP_BASE_IDS + len(self.clip_merges) + 2
+    self.sot_id = self.vocab_size - 2
+    self.eot_id = self.vocab_size - 1
+    # Symbols: bytes 0..255, </w> (never left alone), then the byte+</w> merges and CLIP's.
+    rank = {b: i for i, b in enumerate(order)}
+    self._ids = [rank[b] for b in range(256)] + [-1] + list(range(256, self.vocab_size - 2))
+    self._symbols = {token_id: s for s, token_id in enumerate(self._ids) if token_id >= 0}
+    self._special_ids = dict(zip(_CLIP_SPECIALS, (self.sot_id, self.eot_id)))
+    self._pattern = None
+
+  def _split(self, text: str) -> list[str]:
+    if self._pattern is None:
+      import regex
+
+      self._pattern = regex.compile(_CLIP_PATTERN, regex.IGNORECASE)
+    return self._pattern.findall(clip_clean(text))
+
+  def encode_text(self, text: str) -> list[int]:
+    """One text -> CLIP's token ids, without SOT, EOT, padding or truncation."""
+    ids = []
+    for token in self._split(text):
+      if token in self._special_ids:
+        ids.append(self._special_ids[token])
+      else:
+        ids.extend(self._encode_piece(tuple(token.encode('utf-8')) + (END_OF_WORD,)))
+    return ids
+
+  def decode(self, tokens: np.ndarray) -> list[str]:
+    """Each row's tokens after SOT and before EOT, ``</w>`` read as a space; n strings."""
+    texts = []
+    for row in np.asarray(tokens).reshape(-1, np.shape(tokens)[-1]).tolist():
+      start = 1 if row and row[0] == self.sot_id else 0
+      end = row.index(self.eot_id) if self.eot_id in row else len(row)
+      text = b''
+      for token in row[start:end]:
+        s = self._symbols.get(token)
+        if s is not None:
+          text += self._bytes[s] + (b' ' if self._ends_word[s] else b'')
+      texts.append(text.decode('utf-8', errors='replace').strip())
+    return texts
+
+  def token_string(self, token: int) -> str:
+    """For debugging: one id as a string ('<sot>', '<eot>', or text + '</w>')."""
+    if token in (self.sot_id, self.eot_id):
+      return '<sot>' if token == self.sot_id else '<eot>'
+    s = self._symbols[token]
+    return self._bytes[s].decode('utf-8', errors='backslashreplace') + ('</w>' if self._ends_word[s] else '')
+
+  def to_json(self) -> str:
+    """The merges as the file writes them; ``text.from_json`` reads them back."""
+    return json.dumps(
+      {'kind': _JSON_KIND_CLIP, 'version': _JSON_VERSION, 'merges': [f'{a} {b}' for a, b in self.clip_merges]}
+    )
+
+  @classmethod
+  def from_json(cls, text: str) -> CLIPTokenizer:
+    """Rebuilds a tokenizer from :meth:`to_json`; a one-line ConfigError if it is not one."""
+    try:
+      spec = json.loads(text)
+      if spec.get('kind') != _JSON_KIND_CLIP or spec.get('version') != _JSON_VERSION:
+        raise ConfigError(
+          f'CLIP BPE JSON has kind={spec.get("kind")!r}, version={spec.get("version")!r}; '
+          f'expected kind={_JSON_KIND_CLIP!r}, version={_JSON_VERSION}'
+        )
+      return cls(_parse_merge(line, k + 1) for k, line in enumerate(spec['merges']))
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as error:
+      raise ConfigError(f'CLIP BPE JSON is malformed: {error!r}') from None
+
+  def __eq__(self, other) -> bool:
+    return type(other) is type(self) and self.clip_merges == other.clip_merges
+
+  def __hash__(self) -> int:
+    return hash(self.clip_merges)
+
+  def __repr__(self) -> str:
+    return f'CLIPTokenizer(vocab_size={self.vocab_size})'
+
+
+def _parse_merge(line: str, number: int, source: str = 'CLIP BPE JSON') -> tuple[str, str]:
+  parts = line.split()
+  if len(parts) != 2:
+    raise ConfigError(f'{source}: merge {number} is {line!r}; it must be two tokens separated by a space')
+  return parts[0], parts[1]
+
+
+def load_clip_tokenizer(path: str, vocab_size: int = CLIP_VOCAB_SIZE) -> CLIPTokenizer:
+  """CLIP's tokenizer from its vocabulary file (``bpe_simple_vocab_16e6.txt.gz``, gzipped or not).
+
+  The file ships with open_clip (inside the package) and with OpenAI's CLIP. Its first line
+  holds a version and is skipped, as CLIP does; then line k + 1 is merge k. CLIP reads the
+  first ``vocab_size − 514`` merges (48894 for its 49408 ids) and so does this. Encode with
+  context length ``CLIP_CONTEXT_LENGTH`` (77) for CLIP's text towers.
+  """
+  import gzip
+
+  if not isinstance(vocab_size, int) or vocab_size < _CLIP_BASE_IDS + 2:
+    raise ConfigError(f'vocab_size={vocab_size!r} must be an integer >= {_CLIP_BASE_IDS + 2} (bytes, SOT and EOT)')
+  try:
+    with open(path, 'rb') as f:
+      raw = f.read()
+    text = (gzip.decompress(raw) if raw[:2] == b'\x1f\x8b' else raw).decode('utf-8')
+  except (OSError, EOFError, UnicodeDecodeError) as error:
+    raise ConfigError(f'CLIP vocabulary file {path} cannot be read: {error}') from None
+  lines = text.split('\n')
+  count = vocab_size - _CLIP_BASE_IDS - 2
+  if len(lines) - 1 < count:
+    raise ConfigError(
+      f'CLIP vocabulary file {path} must hold {count} merges after its first (version) line for '
+      f'vocab_size={vocab_size}; it has {max(len(lines) - 1, 0)} lines after the first'
+    )
+  return CLIPTokenizer(
+    [_parse_merge(line, k + 1, f'CLIP vocabulary file {path}') for k, line in enumerate(lines[1 : 1 + count])]
+  )

@@ -14,6 +14,8 @@ from modgap_jax.data.text import base, bpe, byte, words
 from modgap_jax.errors import ConfigError, check_choice
 
 TOKENIZER_KINDS = ("byte", "bpe", "words")
+# What to_json() may have stored: also CLIP's tokenizer, which a pretrained model's run uses.
+JSON_KINDS = (*TOKENIZER_KINDS, "clip_bpe")
 
 
 def make_tokenizer(kind: str, train_captions: Iterable[str] = (), vocab_size: int | None = None) -> base.Tokenizer:
@@ -40,14 +42,16 @@ def make_tokenizer(kind: str, train_captions: Iterable[str] = (), vocab_size: in
 
 
 def from_json(text: str) -> base.Tokenizer:
-  """Rebuilds a tokenizer from its ``to_json()`` string (any kind)."""
+  """Rebuilds a tokenizer from its ``to_json()`` string (any of ``JSON_KINDS``)."""
   try:
     kind = json.loads(text).get("kind")
   except (json.JSONDecodeError, AttributeError, TypeError) as error:
     raise ConfigError(f"tokenizer JSON is not a JSON object: {error}") from None
-  check_choice("tokenizer JSON 'kind'", kind, TOKENIZER_KINDS)
+  check_choice("tokenizer JSON 'kind'", kind, JSON_KINDS)
   if kind == "byte":
     return byte.ByteTokenizer()
   if kind == "words":
     return words.WordTokenizer.from_json(text)
+  if kind == "clip_bpe":
+    return bpe.CLIPTokenizer.from_json(text)
   return bpe.BPETokenizer.from_json(text)
