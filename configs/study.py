@@ -4,7 +4,14 @@ r"""The paper's experiments as resumable studies on the shared regime (``configs
   python -m experiments.main --config configs/study.py:table3 --workdir experiments/results/table3
   python -m experiments.main --config configs/study.py:fig4a  --workdir experiments/results/fig4a
   python -m experiments.main --config configs/study.py:fig4b  --workdir experiments/results/fig4b
-  python -m experiments.main --config configs/study.py:fig4b  --workdir experiments/results/fig4b
+
+On the scenes world (``configs/scenes.py`` as the base), add ``,scenes`` to the study:
+
+  python -m experiments.main --config configs/study.py:table2,scenes --workdir experiments/results/scenes/table2
+  python -m experiments.main --config configs/study.py:imbalance --workdir experiments/results/scenes/imbalance
+
+- ``imbalance`` (scenes only, beyond the paper): caption detail 1, 0.75, 0.5, 0.25 (each
+  attribute of each object named with that probability) × {learned τ, FLT τ = 0.04}.
 
 - ``table2``: Table 2's columns, baseline, ``flt=0.04``, ``ts=S3``, ``tr=softplus``, ``slrt``,
   ``hs=0.0115``, ``ss=5e-2``. The HS cell keeps the paper's expected number of swapped steps
@@ -36,15 +43,22 @@ import ml_collections
 from modgap_jax import study as study_lib
 from modgap_jax.errors import check_choice
 
+REGIMES = {"twemoji": "configs/regime.py", "scenes": "configs/scenes.py"}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  name, _, regime = (arg or "table2").partition(",")
   config = ml_collections.ConfigDict()
   config.task = "study"
-  config.study = check_choice("study", arg or "table2", tuple(study_lib.STUDIES))
-  config.method = f"study:{config.study}"
+  config.study = check_choice("study", name, tuple(study_lib.STUDIES))
+  # The imbalance sweep varies the scenes world's captions: it exists only there.
+  regime = check_choice("study regime", regime or ("scenes" if name == "imbalance" else "twemoji"), tuple(REGIMES))
+  if name == "imbalance" and regime != "scenes":
+    check_choice("study regime of imbalance", regime, ("scenes",))
+  config.method = f"study:{config.study}" + (f",{regime}" if regime != "twemoji" else "")
   config.seeds = 3
   config.cells = ()  # empty: the study's own cells (modgap_jax.study.paper.STUDIES)
-  config.base_config = "configs/regime.py"
+  config.base_config = REGIMES[regime]
   config.base_overrides = {}
   config.progress_bar = True
   # fig4a: fit over eval steps t > fig4a_min_step; -1: the run's learning-rate warm-up.
@@ -56,9 +70,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.num_steps = 10
   config.fig4b_chunk = 10
   config.fig4b_lr = 0.0
-  if config.study == "fig4a":
+  if regime == "scenes":
+    _scenes_study(config)
+  elif config.study == "fig4a":
     # >= 20 eval points after the warm-up: every 25 steps of 1 000 gives 36.
     config.base_overrides = {"eval_every": 25}
   if config.study == "fig4b":
     config.seeds = 1  # one set of batches and pairs; the inits are the repeats
   return config
+
+
+def _scenes_study(config: ml_collections.ConfigDict) -> None:
+  """The scenes regime's version of a study: its HS cell and Fig. 4a's evaluation grid."""
+  from configs import scenes
+
+  if config.study == "table2":
+    # HS keeps the paper's expected number of swapped steps (p = 1e-3 × ~11 500 = 11.5) over
+    # the regime's steps, as the Twemoji study's hs=0.0115 does over its 1 000.
+    hs = f"hs={study_lib.HS_PAPER_P * study_lib.PAPER_STEPS / scenes.NUM_STEPS:.3g}"
+    config.cells = tuple(hs if c.startswith("hs=") else c for c in study_lib.STUDIES["table2"])
+  if config.study == "fig4a":
+    # >= 20 eval points after the warm-up.
+    config.base_overrides = {"eval_every": scenes.NUM_STEPS // 30}

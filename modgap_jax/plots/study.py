@@ -7,6 +7,8 @@
 - ``tau_gap_over_steps.png``: τ(t) (train lines) and held-out Δ(t) (eval lines) of every
   cell on shared axes, mean over seeds with a ±1 std band.
 - ``fig4a.png``: Δ against −1/log²t with the Theorem 3.2 fit; ``fig4b.png``: the rises of Fig. 4b.
+- ``imbalance.png`` (the imbalance study): final τ, Δ and text R@1 against the caption detail,
+  one line per method.
 
 Error bars are the sample std over seeds, drawn where a cell has several.
 """
@@ -156,6 +158,29 @@ def plot_study(results: dict[str, Any], histories: dict[str, list[list[dict[str,
   plot_tau_gap_over_steps(cells, histories, os.path.join(workdir, "tau_gap_over_steps.png"))
   if results.get("points"):
     plot_fig4a(results, os.path.join(workdir, "fig4a.png"))
+  if results.get("study") == "imbalance":
+    plot_imbalance(cells, os.path.join(workdir, "imbalance.png"))
+
+
+def plot_imbalance(cells: list[dict[str, Any]], path: str) -> None:
+  """Final τ, Δ and text R@1 against the caption detail of ``detail=<p>,<method>`` cells."""
+  methods: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+  for c in cells:
+    detail, _, method = c["cell"].partition(",")
+    methods.setdefault(method, []).append((float(detail.removeprefix("detail=")), c))
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+  for ax, key, label in zip(axes, ("tau", "gap", "i2t_r1"), ("final τ", "modality gap Δ", "text retrieval R@1")):
+    for method, entries in sorted(methods.items()):
+      entries.sort(key=lambda e: e[0])
+      points = [(d, *_point(c, key)) for d, c in entries]
+      x, y, err = (np.asarray(v, np.float64) for v in zip(*points))
+      ax.errorbar(x, y, yerr=err, marker="o", capsize=3, lw=1.2, label=method)
+    ax.set_xlabel("caption detail (P[attribute named])")
+    ax.set_title(label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  _save(fig, path)
 
 
 def plot_fig4b(results: dict[str, Any], path: str) -> None:

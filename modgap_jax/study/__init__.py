@@ -37,9 +37,11 @@ from modgap_jax.study.cells import (
   study_cells,
 )
 from modgap_jax.study.fig4a import linear_fit, theorem32_fit
-from modgap_jax.study.paper import PAPER_FIG4B, PAPER_TABLE2, PAPER_TABLE3, STUDIES
+from modgap_jax.study.paper import HS_PAPER_P, PAPER_FIG4B, PAPER_STEPS, PAPER_TABLE2, PAPER_TABLE3, STUDIES
 
 __all__ = [
+  "HS_PAPER_P",
+  "PAPER_STEPS",
   "PAPER_FIG4B",
   "PAPER_TABLE2",
   "PAPER_TABLE3",

@@ -32,9 +32,15 @@ PAPER_FIG4B = dict(num_inits=100, num_steps=10, share_rising=1.0, mean_rise=0.15
 PAPER_STEPS = 11_500
 HS_PAPER_P = 1e-3
 
+# Beyond the paper (scenes world only): the information imbalance of Schrodi et al. (each
+# attribute of each object named with probability `detail`) against the learned τ and FLT.
+IMBALANCE_DETAILS = (1.0, 0.75, 0.5, 0.25)
+IMBALANCE_METHODS = ("baseline", "flt=0.04")
+
 STUDIES = {
   "table2": ("baseline", "flt=0.04", "ts=S3", "tr=softplus", "slrt", "hs=0.0115", "ss=5e-2"),
   "table3": ("flt=0.01", "flt=0.02", "flt=0.04", "flt=0.07", "flt=0.1", "flt=0.2", "flt=0.4", "hs=1.0"),
   "fig4a": ("baseline",),
   "fig4b": ("baseline",),
+  "imbalance": tuple(f"detail={d:g},{m}" for d in IMBALANCE_DETAILS for m in IMBALANCE_METHODS),
 }

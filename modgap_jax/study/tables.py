@@ -74,13 +74,40 @@ def render_table3(cells: list[dict[str, Any]]) -> list[str]:
   return lines
 
 
+IMBALANCE_COLUMNS = (  # (label, our key, in percent)
+  ("final τ", "tau", False),
+  ("gap", "gap", False),
+  ("text R@1", "i2t_r1", True),
+  ("image R@1", "t2i_r1", True),
+  ("zero-shot (shape)", "zeroshot_top1", True),
+  ("linear probe", "linear_probe_top1", True),
+)
+
+
+def render_imbalance(cells: list[dict[str, Any]]) -> list[str]:
+  """Rows: caption detail × method (``detail=<p>,<method>`` cells); columns: the metrics."""
+  lines = [
+    "| caption detail | method | " + " | ".join(label for label, _, _ in IMBALANCE_COLUMNS) + " |",
+    "|---|---|" + "---|" * len(IMBALANCE_COLUMNS),
+  ]
+  for c in cells:
+    detail, _, method = c["cell"].partition(",")
+    cols = [ours(c, key, percent) for _, key, percent in IMBALANCE_COLUMNS]
+    lines.append(f"| {detail.removeprefix('detail=')} | {method} | " + " | ".join(cols) + " |")
+  return lines
+
+
 def render_table(results: dict[str, Any]) -> str:
   """table.md: ours (mean ± std over the finished seeds) beside the paper's Table 2 or 3."""
   cells = results["cells"]
   seeds = ", ".join(f"{c['cell']}: {c['num_seeds']}/{c['seeds_planned']}" for c in cells)
-  table = "Table 3" if results["study"] == "table3" else "Table 2"
+  if results["study"] == "imbalance":
+    title = "Study `imbalance`: caption detail against the learned τ and FLT τ = 0.04 (beyond the paper)"
+  else:
+    table = "Table 3" if results["study"] == "table3" else "Table 2"
+    title = f"Study `{results['study']}`: ours beside the paper's {table}"
   lines = [
-    f"# Study `{results['study']}`: ours beside the paper's {table}",
+    f"# {title}",
     "",
     f"Ours: mean ± std (sample std, ddof = 1) over the finished seeds ({seeds}). Our retrieval R@1, "
     "zero-shot and linear-probe accuracies are fractions, shown here × 100 as percentages like the paper's.",
@@ -88,7 +115,8 @@ def render_table(results: dict[str, Any]) -> str:
     "The paper trains CLIP RN50 on MSCOCO; compare trends, not levels.",
     "",
   ]
-  lines += render_table3(cells) if results["study"] == "table3" else render_table2(cells)
+  renderers = {"table3": render_table3, "imbalance": render_imbalance}
+  lines += renderers.get(results["study"], render_table2)(cells)
   lines += ["", "Final τ: " + ", ".join(f"{c['cell']} {ours(c, 'tau')}" for c in cells) + "."]
   swaps = [c for c in cells if c.get("expected_swaps") is not None]
   if swaps:
