@@ -31,6 +31,7 @@ from tqdm import tqdm
 from modgap_jax import data, preemption, run_io, run_setup
 from modgap_jax import train_step as ts
 from modgap_jax import workdir as workdir_lib
+from modgap_jax.data import scenes
 from modgap_jax.errors import ConfigError, Preempted
 from modgap_jax.study import cells as cells_lib
 from modgap_jax.study.paper import PAPER_FIG4B
@@ -95,6 +96,29 @@ def fig4b_config(study: ml_collections.ConfigDict, config: ml_collections.Config
   return config, f"constant {config.optimizer.learning_rate:g} (the regime's cosine, no warm-up)"
 
 
+def first_batches(run: run_setup.Run, stream: data.TrainStream, num_steps: int) -> list[dict[str, np.ndarray]]:
+  """The run's first ``num_steps`` training batches on one device ([1, B, ...] leaves): the host
+  pipeline's, or for the scenes world the scenes its stream draws at steps 0, 1, ..."""
+  config = run.config
+  if config.dataset.name != scenes.NAME:
+    host = data.train_batches(run.train_split, stream)
+    return [next(host) for _ in range(num_steps)]
+  world = scenes.world_from_config(config.dataset, config.model.image_size)
+  draw = jax.jit(
+    functools.partial(
+      scenes.device_batch,
+      world,
+      stream.seed,
+      global_batch_size=stream.global_batch_size,
+      mean=tuple(stream.mean),
+      std=tuple(stream.std),
+      context_length=stream.context_length,
+      num_train=int(config.dataset.scenes.num_train),
+    )
+  )
+  return [jax.tree.map(lambda x: np.asarray(x)[None], draw(np.int32(step))) for step in range(num_steps)]
+
+
 def fig4b_setup(study: ml_collections.ConfigDict, cell: cells_lib.Cell, workdir: str) -> Fig4bSetup:
   """Builds the shared pieces of Fig. 4b from ``cell``'s training config (seed 0); writes nothing."""
   config, note = fig4b_config(study, cell.seed_config(0))
@@ -104,8 +128,7 @@ def fig4b_setup(study: ml_collections.ConfigDict, cell: cells_lib.Cell, workdir:
   # The first training batches of the host pipeline (seed 0): one device, clean pairs, no crops.
   stream = dataclasses.replace(run.stream, num_devices=1, process_index=0, process_count=1, crop_scale=None)
   num_steps = int(study.num_steps)
-  host = data.train_batches(run.train_split, stream)
-  batches = [next(host) for _ in range(num_steps)]
+  batches = first_batches(run, stream, num_steps)
 
   # The same random held-out pairs as the trainer's ``gap_512`` (evaluation.embedding_metrics).
   eval_split = run.eval_split
