@@ -12,7 +12,7 @@ writes nothing:
    captions (not written yet), checked against ``model.vocab_size``;
 4. the data mode (``data_modes.choose_data_mode``: resident or streamed), with its checks of
    the batch against the split, on-device limits, crops and stream options;
-5. the step plan (:class:`StepPlan`: steps per epoch, total and warm-up steps), checked
+5. the step plan (:class:`step_plan.StepPlan`: steps per epoch, total and warm-up steps), checked
    against the workdir's ``plan.json`` on resume;
 6. the learning-rate schedule, the optimizer and temperature spec, and the model;
 7. the evaluator, whose zero-shot prompts come from the data.
