@@ -56,6 +56,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import os
 import statistics
 import sys
@@ -74,6 +75,7 @@ from absl import app, flags  # noqa: E402
 
 from configs import default  # noqa: E402
 from modgap_jax import metrics, models, numerics, run_setup, train_step  # noqa: E402
+from modgap_jax.data import scenes  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum(
@@ -472,6 +474,44 @@ def compare(name: str, dtype: str, batch_size: int, steps: int, peer_modules: tu
       f"{dtype} {tower} tower fwd+bwd", interleave({c.name: getattr(c, tower) for c in contenders}, steps), batch_size
     )
   report_xla(dtype, compiled, medians["ours"])
+  if dtype == "float32":
+    report_scenes(config, batch_size, ours.step, steps)
+
+
+def scenes_generator(config, batch_size: int) -> Callable[[int], None]:
+  """n batches of the scenes world (default world, the model's image size), jitted, each
+  device drawing its share under pmap as the scenes data mode does inside the step."""
+  world = scenes.SceneWorld(image_size=config.model.image_size)
+  draw = functools.partial(
+    scenes.device_batch,
+    world,
+    0,
+    global_batch_size=batch_size,
+    mean=tuple(config.dataset.mean),
+    std=tuple(config.dataset.std),
+    context_length=config.model.context_length,
+    axis_name=train_step.AXIS,
+  )
+  devices = jax.local_device_count()
+  p_draw = jax.pmap(draw, axis_name=train_step.AXIS)
+  steps = np.zeros(devices, np.int32)
+
+  def generate(n):
+    for k in range(n):
+      out = p_draw(steps + k)
+    jax.block_until_ready(out)
+
+  return generate
+
+
+def report_scenes(config, batch_size: int, our_step: Callable[[int], None], steps: int) -> None:
+  """The cost of drawing a scenes batch beside our train step (the scenes mode pays both)."""
+  medians = interleave({"ours": our_step, "scenes": scenes_generator(config, batch_size)}, steps)
+  share = medians["scenes"] / medians["ours"]
+  print(
+    f"scenes batch generation ({batch_size} scenes at {config.model.image_size} px): "
+    f"{medians['scenes'] * 1e3:.2f} ms, {share:.1%} of our train step ({medians['ours'] * 1e3:.1f} ms)"
+  )
 
 
 def report_params(contenders: list[Contender]) -> None:
