@@ -506,6 +506,9 @@ def scenes_generator(config, batch_size: int) -> Callable[[int], None]:
 
 def report_scenes(config, batch_size: int, our_step: Callable[[int], None], steps: int) -> None:
   """The cost of drawing a scenes batch beside our train step (the scenes mode pays both)."""
+  if config.model.image_size < scenes.SceneWorld.MIN_IMAGE_SIZE:
+    print(f"scenes batch generation: not timed (the world renders {scenes.SceneWorld.MIN_IMAGE_SIZE} px and up)")
+    return
   medians = interleave({"ours": our_step, "scenes": scenes_generator(config, batch_size)}, steps)
   share = medians["scenes"] / medians["ours"]
   print(

@@ -63,6 +63,7 @@ def test_smoke_cli_without_open_clip_reports_ours(no_peer, fast_init, monkeypatc
     assert "ms/step" in line and "examples/s" in line and "open_clip" not in line
   assert any(line.startswith("parameters: ours ") for line in lines)
   assert any(line.startswith("float32 ours XLA: ") and "unknown peak" in line for line in lines)
+  assert lines[-1] == "scenes batch generation: not timed (the world renders 16 px and up)"  # 8 px here
 
 
 def test_smoke_batch_rows_end_in_eot():

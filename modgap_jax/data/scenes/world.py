@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import Counter
+from typing import ClassVar
 
 import numpy as np
 
@@ -121,6 +122,8 @@ class SceneWorld:
     num_test: scenes in the held-out 'test' split.
   """
 
+  MIN_IMAGE_SIZE: ClassVar[int] = 16
+
   image_size: int = 32
   min_objects: int = 1
   max_objects: int = 2
@@ -138,7 +141,7 @@ class SceneWorld:
 
   def __post_init__(self):
     put = lambda field, value: object.__setattr__(self, field, value)  # Frozen: store normalised values.
-    put("image_size", check_number(FIELD + "image_size", self.image_size, 16, 512, integer=True))
+    put("image_size", check_number(FIELD + "image_size", self.image_size, self.MIN_IMAGE_SIZE, 512, integer=True))
     put("min_objects", check_number(FIELD + "min_objects", self.min_objects, 1, GRID * GRID, integer=True))
     put(
       "max_objects", check_number(FIELD + "max_objects", self.max_objects, self.min_objects, GRID * GRID, integer=True)
