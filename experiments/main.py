@@ -5,7 +5,10 @@ Flags go to a config; ``config.task`` picks the job. Exit codes:
 - 0: done, or stopped by SIGTERM/SIGINT after saving a checkpoint (the line says how to resume);
 - 2: bad input of any kind (config file, field, workdir, data), one ``error: ...`` line on
   stderr, and nothing written;
-- 3: a training step went non-finite (``config.nonfinite='stop'``), one ``error: ...`` line.
+- 3: a training step went non-finite (``config.nonfinite='stop'``), one ``error: ...`` line;
+- 4: a file of the run could not be written (disk or quota full, permission denied, read-only
+  or vanished workdir): one ``error: ...`` line with the step, the cause, the last complete
+  checkpoint and the command that resumes once the cause is fixed.
 """
 
 import importlib
@@ -19,7 +22,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from modgap_jax import quiet
-from modgap_jax.errors import ConfigError, NonFiniteError, Preempted
+from modgap_jax.errors import ConfigError, NonFiniteError, Preempted, StorageError
 from modgap_jax.tasks import TASKS
 
 FLAGS = flags.FLAGS
@@ -92,9 +95,16 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     sys.exit(NonFiniteError.EXIT_CODE)
   except Preempted as e:
-    command = shlex.join(["python", "-m", "experiments.main", *sys.argv[1:]])
-    print(f"stopped: {e}; resume with: {command}", file=sys.stderr)
+    print(f"stopped: {e}; resume with: {_resume_command()}", file=sys.stderr)
     sys.exit(0)
+  except StorageError as e:  # a write failed: full disk or quota, permissions, read-only or gone
+    print(f"error: {e} and resume with: {_resume_command()}", file=sys.stderr)
+    sys.exit(StorageError.EXIT_CODE)
+
+
+def _resume_command() -> str:
+  """This invocation's command line: what resumes the run from its last checkpoint."""
+  return shlex.join(["python", "-m", "experiments.main", *sys.argv[1:]])
 
 
 def _one_line(error: Exception) -> str:

@@ -1,7 +1,9 @@
-"""User-facing input errors.
+"""User-facing errors, each one line.
 
 Every bad config field, file or dataset name raises :class:`ConfigError` with a single line
 that names the field and the valid choices. ``experiments.main`` turns it into exit code 2.
+A run that goes non-finite raises :class:`NonFiniteError` (exit 3), one whose files cannot be
+written :class:`StorageError` (exit 4), and one asked to stop :class:`Preempted` (exit 0).
 """
 
 from __future__ import annotations
@@ -97,3 +99,37 @@ class Preempted(Exception):
   def __init__(self, signal_name: str, where: str):
     super().__init__(f"{signal_name}: stopped {where}")
     self.signal_name = signal_name
+
+
+class StorageError(RuntimeError):
+  """A file of the run could not be written: the disk or the quota is full, or the workdir
+  became unwritable, read-only or vanished (exit code 4).
+
+  ``str()`` is one line: the step (when known), the cause in words, the last complete
+  checkpoint (when the file belongs to a run with checkpoints) and the remedy, which the entry
+  point completes with the command that resumes. ``last_checkpoint`` may be updated while the
+  error propagates: a save still running when it was raised may finish before the run stops.
+  """
+
+  EXIT_CODE = 4
+
+  def __init__(
+    self,
+    cause: str,
+    remedy: str,
+    *,
+    step: int | None = None,
+    checkpoint_dir: str | None = None,
+    last_checkpoint: int | None = None,
+  ):
+    super().__init__(cause)
+    self.cause, self.remedy, self.step = cause, remedy, step
+    self.checkpoint_dir, self.last_checkpoint = checkpoint_dir, last_checkpoint
+
+  def __str__(self) -> str:
+    parts = [self.cause if self.step is None else f"at step {self.step}: {self.cause}"]
+    if self.checkpoint_dir is not None:
+      which = "none" if self.last_checkpoint is None else f"step {self.last_checkpoint}"
+      parts.append(f"last complete checkpoint: {which} in {self.checkpoint_dir}")
+    parts.append(self.remedy)
+    return "; ".join(parts)

@@ -1,9 +1,14 @@
 """What a run writes into its workdir, written so that a killed run never leaves a torn file.
 
 Whole files (config, report, figures, arrays) go to a temporary name in the same directory and
-are renamed into place. ``metrics.jsonl`` is appended line by line and flushed; on resume it
+are renamed into place. ``metrics.jsonl`` is appended line by line, unbuffered; on resume it
 is cut back to the restored checkpoint's step, so the log of a resumed run reads as if the run
 had never stopped.
+
+A write that fails for storage reasons (a full disk, a permission change, ...) raises
+:class:`~modgap_jax.errors.StorageError` naming the file's step when it has one (see
+:mod:`modgap_jax.storage`). Appends are unbuffered, so a failed one leaves nothing pending
+that closing the file would try, and fail, to write again.
 """
 
 from __future__ import annotations
@@ -18,22 +23,28 @@ from typing import Any
 
 import numpy as np
 
+from modgap_jax import storage
+
 
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
-  """Yields a temporary path beside ``path``; renames it onto ``path`` if the block succeeds."""
-  directory = os.path.dirname(os.path.abspath(path)) or "."
-  os.makedirs(directory, exist_ok=True)
-  suffix = os.path.splitext(path)[1]
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-  os.close(fd)
-  try:
-    yield tmp
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  """Yields a temporary path beside ``path``; renames it onto ``path`` if the block succeeds.
+
+  A storage failure, of the block's writes or of the rename, raises StorageError.
+  """
+  with storage.writing(path):
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(directory, exist_ok=True)
+    suffix = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    os.close(fd)
+    try:
+      yield tmp
+      os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+      os.replace(tmp, path)
+    finally:
+      with contextlib.suppress(OSError):  # a partial file frees its space; unremovable, it stays hidden
+        os.remove(tmp)
 
 
 def _umask() -> int:
@@ -45,6 +56,25 @@ def _umask() -> int:
 def write_text(path: str, text: str) -> None:
   with atomic_path(path) as tmp, open(tmp, "w") as f:
     f.write(text)
+
+
+def save_figure(fig, path: str, **savefig_kwargs) -> None:
+  """Writes a matplotlib figure to ``path`` atomically (``fig.savefig`` on a temporary name)
+  and closes it, written or not."""
+  import matplotlib.pyplot as plt  # only the figure writers need matplotlib
+
+  try:
+    with atomic_path(path) as tmp:
+      fig.savefig(tmp, **savefig_kwargs)
+  finally:
+    plt.close(fig)
+
+
+def append(file, data: bytes) -> None:
+  """Writes all of ``data`` to an unbuffered binary file (one write may take only part)."""
+  view = memoryview(data)
+  while view:
+    view = view[file.write(view) :]
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -70,7 +100,8 @@ class MetricsLog:
   def __init__(self, path: str, *, resume_step: int | None):
     self.path = path
     self._truncate_after(resume_step or 0)
-    self._file = open(path, "a")
+    with storage.writing(path):
+      self._file = open(path, "ab", buffering=0)
 
   def _truncate_after(self, step: int) -> None:
     """Keeps only lines with ``step`` <= ``step`` (and drops a torn last line)."""
@@ -88,9 +119,10 @@ class MetricsLog:
     write_text(self.path, "".join(line + "\n" for line in kept))
 
   def write(self, step: int, split: str, values: Mapping[str, Any]) -> None:
+    """Appends one line; a torn one (the disk filled mid-line) is dropped on resume."""
     record = {"step": int(step), "split": split, **to_jsonable(dict(values))}
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
+    with storage.writing(self.path, step=step):
+      append(self._file, (json.dumps(record) + "\n").encode())
 
   def close(self) -> None:
     self._file.close()

@@ -192,7 +192,7 @@ def train_step(
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
 
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   code = nonfinite_code(stats.loss, grad_norm, params)
   skips = state.nonfinite_skips
   if skip_nonfinite:

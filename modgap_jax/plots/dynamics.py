@@ -17,11 +17,7 @@ from modgap_jax.plots.training import IMAGE_COLOR, TEXT_COLOR  # noqa: E402  (on
 
 def save(fig, path: str) -> None:
   """Writes ``fig`` as PNG under a temporary name beside ``path``, then renames it into place."""
-  try:
-    with run_io.atomic_path(path) as tmp:
-      fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-  finally:
-    plt.close(fig)
+  run_io.save_figure(fig, path, format="png", dpi=110, bbox_inches="tight")
 
 
 def _time_axis(ax, t: np.ndarray) -> np.ndarray:

@@ -24,6 +24,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from modgap_jax import run_io  # noqa: E402
+
 
 def _point(cell: dict[str, Any], key: str) -> tuple[float, float]:
   """(mean, std) of a cell's metric; NaN when it has none."""
@@ -52,8 +54,7 @@ def _scatter(ax, cells, x_key, y_key, label=None, annotate=True, scale=1.0, **kw
 
 def _save(fig, path):
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  run_io.save_figure(fig, path, dpi=120)
 
 
 def mean_curve(histories: list[list[dict[str, Any]]], split: str, key: str) -> tuple[np.ndarray, ...]:

@@ -114,6 +114,4 @@ def plot_embedding_pca(
 
 
 def _save(fig, path: str) -> None:
-  with run_io.atomic_path(path) as tmp:
-    fig.savefig(tmp, dpi=110, format="png")
-  plt.close(fig)
+  run_io.save_figure(fig, path, dpi=110, format="png")
