@@ -45,7 +45,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # found, else 'val' (one line says which). A named split the data lacks is an error.
       eval_split="",
       zero_shot_label="subcategory",  # a label feature ('label' for image_text_folder); '' = no zero-shot
-      tokenizer="bpe",  # BPE trained on the train captions ('byte' for raw UTF-8 bytes)
+      tokenizer="bpe",  # BPE trained on the train captions ('byte' for raw UTF-8 bytes; 'clip': CLIP's own)
+      vocab_file="",  # tokenizer='clip': CLIP's bpe_simple_vocab_16e6.txt.gz (ships with open_clip)
       # CLIP's RGB normalisation.
       mean=(0.48145466, 0.4578275, 0.40821073),
       std=(0.26862954, 0.26130258, 0.27577711),
@@ -66,6 +67,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # name='scenes': the world generated on the devices (modgap_jax/data/scenes/config.py;
   # configs/scenes.py is its regime). Needs tokenizer='words' for the unbounded stream.
   config.dataset.scenes = scenes_config.default_config()
+
+  # Start from a pretrained open_clip / OpenAI checkpoint you downloaded (docs/pretrained.md): its
+  # .safetensors file, or the directory holding it. Its config then replaces model.* (all but
+  # dtype and resnet.axis_name) and dataset.mean/std; '' = random initialisation.
+  config.init_from = ""
+  config.pretrained_config = ""  # its open_clip config: a bundled name or a JSON; '' = the one beside it
 
   config.model = default_model_config()
   config.model.image_size = 32

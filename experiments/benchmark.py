@@ -1,8 +1,18 @@
-r"""Speed of our train step against open_clip's, both measured in the same run.
+r"""Speed of our train step, and of embedding with a released model's shape, against open_clip's, in one run.
 
   python -m experiments.benchmark --recall_n=0        # CPU: configs/default.py's towers, batch 128
   python -m experiments.benchmark                     # GPU: CLIP RN50 at 224 px, batch 256
   python -m experiments.benchmark --peer=off --steps=10 --batch_size=64
+  python -m experiments.benchmark --mode=embed        # ViT-B/32 image tower at 224 px, batch 64
+
+``--mode=embed`` times what the measure task does with a released model (docs/pretrained.md):
+the image tower of ViT-B-32-quickgelu (open_clip's config, bundled) at 224 px on a batch of 64
+images, float32. Ours is the evaluator's pmapped ``CLIP.encode_image`` (``modgap_jax.evaluator``);
+the peer is open_clip's ``model.encode_image(images, normalize=True)`` under
+``torch.inference_mode()``, with the same weights (ours drawn at random, written into the
+peer through ``pretrained.state_dict``), on the same batch, interleaved as below. It prints
+images per second of each, the ratio open_clip ms / our ms, and the largest difference of the
+two sides' unit embeddings.
 
 What it prints, as plain lines (device, backend and date first):
 
@@ -57,6 +67,7 @@ import contextlib
 import dataclasses
 import datetime
 import functools
+import logging
 import os
 import statistics
 import sys
@@ -74,7 +85,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from configs import default  # noqa: E402
-from modgap_jax import metrics, models, numerics, run_setup, train_step  # noqa: E402
+from modgap_jax import metrics, models, numerics, pretrained, run_setup, train_step  # noqa: E402
 from modgap_jax.data import scenes  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -85,7 +96,10 @@ flags.DEFINE_enum(
   "configs/default.py's towers with BatchNorm, or CLIP RN50 at 224 px; auto: tiny on a CPU, rn50 on a GPU.",
 )
 flags.DEFINE_integer("batch_size", 0, "Global batch size, split over the local devices (0: 128 tiny, 256 rn50).")
-flags.DEFINE_integer("steps", 50, "Timed steps per measurement and contender, in interleaved rounds of 5.")
+flags.DEFINE_integer(
+  "steps", 0, "Timed steps (batches) per measurement and contender, in interleaved rounds of 5 (0: 50; embed: 20)."
+)
+flags.DEFINE_enum("mode", "train", ["train", "embed"], "Time the train step, or embedding with ViT-B/32 (see above).")
 flags.DEFINE_enum("peer", "on", ["on", "off"], "Also time open_clip (needs the [bench] extra).")
 flags.DEFINE_integer("recall_n", 50_000, "Images and captions for the recall benchmark (0 skips it).")
 flags.DEFINE_integer("recall_dim", 512, "Embedding width for the recall benchmark.")
@@ -394,6 +408,104 @@ def report_recall(n: int, dim: int) -> None:
   )
 
 
+# ----------------------------------------------------------------------------- embedding (--mode=embed)
+
+EMBED_CONFIG = "ViT-B-32-quickgelu"  # OpenAI's ViT-B/32, as open_clip names its config
+EMBED_BATCH = 64
+EMBED_STEPS = 20
+
+
+def embed_variables(model_cfg, seed: int = 0) -> dict:
+  """Random variables of ``model_cfg``'s shapes, drawn in NumPy (a ViT-B/32 init through XLA
+  takes minutes on 2 cores): norm scales near 1, everything else N(0, 0.02²)."""
+  rng = np.random.default_rng(seed)
+  variables: dict = {}
+  for path, shape in pretrained.layout.variable_shapes(model_cfg).items():
+    value = rng.normal(scale=0.02, size=shape).astype(np.float32) + np.float32(path[-1] == "scale")
+    node = variables
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = value
+  variables["params"]["temperature"] = {"nu": np.asarray(np.log(100.0), np.float32)}
+  return variables
+
+
+def build_embed_ours(model_cfg, variables: dict, images: np.ndarray) -> tuple[Callable[[int], None], Callable]:
+  """The evaluator's image embedding (pmapped over the local devices) on the fixed batch; also
+  returns a function giving its [n, d] embeddings, for the comparison with the peer."""
+  devices = jax.local_device_count()
+  model = models.create_model(model_cfg, float(variables["params"]["temperature"]["nu"]))
+  encode = jax.pmap(functools.partial(model.apply, train=False, method=models.CLIP.encode_image))
+  p_variables = jax.tree_util.tree_map(lambda x: shard(np.stack([x] * devices)), variables)
+  p_images = shard(images.reshape(devices, -1, *images.shape[1:]))
+  compiled = encode.lower(p_variables, p_images).compile()
+
+  def run(n):
+    jax.block_until_ready([compiled(p_variables, p_images) for _ in range(n)])
+
+  return run, lambda: np.asarray(compiled(p_variables, p_images)).reshape(len(images), -1)
+
+
+def build_embed_peer(torch, open_clip, model_cfg, variables: dict, images: np.ndarray):
+  """open_clip's model of ``EMBED_CONFIG`` holding our weights; ``encode_image`` under inference mode."""
+  logging.disable(logging.WARNING)  # open_clip logs each step of building, and that it loaded no weights
+  try:
+    model = open_clip.create_model(EMBED_CONFIG, pretrained=None).eval()  # random init, nothing downloaded
+  finally:
+    logging.disable(logging.NOTSET)
+  state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in pretrained.state_dict(variables, model_cfg).items()}
+  model.load_state_dict(state)
+  pixels = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())  # NHWC → NCHW
+
+  def embed():
+    with torch.inference_mode():
+      return model.encode_image(pixels, normalize=True)
+
+  def run(n):
+    for _ in range(n):
+      embed()
+
+  return run, lambda: embed().numpy(), sum(p.numel() for p in model.visual.parameters())
+
+
+def run_embed(batch_size: int = EMBED_BATCH, steps: int = EMBED_STEPS, peer: bool = True) -> dict[str, float]:
+  """Prints the embedding benchmark (see the module docstring); returns the median s/batch of each side."""
+  print(describe_device())
+  model_cfg, _ = pretrained.to_model_config(EMBED_CONFIG)
+  peer_modules = import_peer() if peer else None
+  if peer_modules:
+    print(configure_torch(peer_modules[0]))
+    print(
+      f"peer: open_clip {peer_modules[1].__version__} (torch {peer_modules[0].__version__}), encode_image, "
+      "inference mode"
+    )
+  per_round = min(ROUND_STEPS, steps)
+  print(
+    f"embed: {EMBED_CONFIG} image tower at {model_cfg.image_size} px, batch {batch_size}, float32; median over "
+    f"{numerics.ceil_div(steps, per_round)} interleaved rounds of {per_round} batches, after {WARMUP_STEPS} "
+    "warm-up batches"
+  )
+  variables = embed_variables(model_cfg)
+  images = np.random.default_rng(1).standard_normal((batch_size, model_cfg.image_size, model_cfg.image_size, 3))
+  images = images.astype(np.float32)
+  ours, ours_emb = build_embed_ours(model_cfg, variables, images)
+  runs = {"ours": ours}
+  counts = f"ours {sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(variables['params']['image'])):,}"
+  if peer_modules:
+    runs["open_clip"], peer_emb, peer_count = build_embed_peer(*peer_modules, model_cfg, variables, images)
+    difference = float(np.max(np.abs(ours_emb() - peer_emb())))
+    counts += (
+      f", open_clip {peer_count:,}; same weights: max |ours − open_clip| over the unit embeddings {difference:.1e}"
+    )
+  print(f"image tower parameters: {counts}")
+  medians = interleave(runs, steps)
+  parts = [f"{name} {s * 1e3:.0f} ms/batch ({batch_size / s:.1f} images/s)" for name, s in medians.items()]
+  if "open_clip" in medians:
+    parts.append(f"open_clip/ours {medians['open_clip'] / medians['ours']:.2f}")
+  print("float32 embed: " + ", ".join(parts))
+  return medians
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -527,7 +639,10 @@ def report_params(contenders: list[Contender]) -> None:
 
 def main(argv):
   del argv
-  run(FLAGS.model, FLAGS.batch_size, FLAGS.steps, FLAGS.peer == "on", FLAGS.recall_n, FLAGS.recall_dim)
+  if FLAGS.mode == "embed":
+    run_embed(FLAGS.batch_size or EMBED_BATCH, FLAGS.steps or EMBED_STEPS, FLAGS.peer == "on")
+  else:
+    run(FLAGS.model, FLAGS.batch_size, FLAGS.steps or 50, FLAGS.peer == "on", FLAGS.recall_n, FLAGS.recall_dim)
 
 
 if __name__ == "__main__":

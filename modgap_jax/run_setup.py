@@ -5,11 +5,14 @@ each cell of a study, Fig. 4b, and the analysis of a run directory. It builds, i
 writes nothing:
 
 1. the checked config and the spec of the training batches (:func:`check_config`: every
-   field that needs no data), and the workdir's identity (``workdir.check_same_run``);
+   field that needs no data; with ``init_from``, the model config and image normalisation
+   become the pretrained checkpoint's, ``pretrained.run``), and the workdir's identity
+   (``workdir.check_same_run``);
 2. the train and eval splits, with the file options of the datasets read from the user's
    files (``data.file_options``);
 3. the tokenizer: the workdir's ``tokenizer.json`` on resume, else made from the training
-   captions (not written yet), checked against ``model.vocab_size``;
+   captions (not written yet), or CLIP's own read from ``dataset.vocab_file``, checked
+   against ``model.vocab_size``;
 4. the data mode (``data_modes.choose_data_mode``: resident or streamed), with its checks of
    the batch against the split, on-device limits, crops and stream options;
 5. the step plan (:class:`step_plan.StepPlan`: steps per epoch, total and warm-up steps), checked
@@ -19,9 +22,9 @@ writes nothing:
 
 So every refusal of a config, the ones that need the data included, comes before a run
 creates its workdir. The initial parameters are the one thing left out:
-:meth:`Run.initial_state` makes them (seconds for a large model, and an analysis of a
-trained run never needs them). Once the run holds its workdir, :func:`write_run_files`
-writes ``config.json``, ``tokenizer.json`` and ``plan.json``.
+:meth:`Run.initial_state` makes them, or loads them from ``init_from`` (seconds for a large
+model, and an analysis of a trained run never needs them). Once the run holds its workdir,
+:func:`write_run_files` writes ``config.json``, ``tokenizer.json`` and ``plan.json``.
 """
 
 from __future__ import annotations
@@ -42,11 +45,14 @@ from modgap_jax.data import registry, scenes, text
 from modgap_jax.data.scenes import config as scenes_config
 from modgap_jax.errors import ConfigError, check_choice, check_number
 from modgap_jax.evaluator import Evaluator
+from modgap_jax.pretrained import run as pretrained_run
 from modgap_jax.step_plan import PLAN_FILE, StepPlan, plan_steps, read_plan
 
 TOKENIZER_FILE = "tokenizer.json"
 # The built datasets, and the scenes world, which is generated (no files, no builder).
 DATASET_NAMES = (*data.DATASETS, scenes.NAME)
+# The tokenizers a run may use: those made from the data, and CLIP's own from its vocabulary file.
+TOKENIZER_CHOICES = (*data.TOKENIZER_KINDS, "clip")
 
 # The config field behind each field of the training stream's spec that has one, so that the
 # spec's checks (the only ones these fields get) name what the user set.
@@ -82,8 +88,11 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
     The spec of the run's training batches, without its tokenizer (made from the data later).
   """
   num_devices = jax.local_device_count() if num_devices is None else num_devices
+  pretrained_run.resolve_config(config)  # init_from: the checkpoint's model and preprocessing, before any check
   check_choice("dataset.name", config.dataset.name, DATASET_NAMES)
-  check_choice("dataset.tokenizer", config.dataset.tokenizer, data.TOKENIZER_KINDS)
+  check_choice("dataset.tokenizer", config.dataset.tokenizer, TOKENIZER_CHOICES)
+  if config.dataset.tokenizer == "clip":
+    pretrained_run.check_vocab_file(config.dataset)
   if config.dataset.name == scenes.NAME:
     scenes.world_from_config(config.dataset, config.model.image_size)  # the world checks its fields
     scenes_config.check_sizes(config.dataset)
@@ -247,6 +256,9 @@ def load_tokenizer(
       tokenizer = data.tokenizer_from_json(f.read())
   elif config.dataset.name == scenes.NAME and config.dataset.tokenizer == "words":
     tokenizer = scenes.world_from_config(config.dataset, config.model.image_size).tokenizer()
+  elif config.dataset.tokenizer == "clip":  # CLIP's own, from the vocabulary file the user names
+    vocab = config.dataset.vocab_file
+    tokenizer = _cached(cache, ("clip", vocab), lambda: text.load_clip_tokenizer(vocab))
   else:
     kind, size = config.dataset.tokenizer, config.model.vocab_size
     key = ("tokenizer", kind, size, _split_key(config, config.dataset.train_split))
@@ -286,8 +298,11 @@ def make_training(config: ml_collections.ConfigDict, plan: StepPlan) -> tuple[op
 def initial_state(
   config: ml_collections.ConfigDict, training: data_modes.Training, key: jax.Array | None = None
 ) -> train_step_lib.TrainState:
-  """The train state before step 1, from ``key`` (default ``PRNGKey(config.seed)``)."""
+  """The train state before step 1, from ``key`` (default ``PRNGKey(config.seed)``): a random
+  initialisation, or with ``config.init_from`` the checkpoint's variables (``pretrained.run``)."""
   key = jax.random.PRNGKey(config.seed) if key is None else key
+  if pretrained_run.init_from(config):
+    return pretrained_run.initial_state(config, training, key)
   image_shape = (config.model.image_size, config.model.image_size, 3)
   return train_step_lib.init_state(training.model, training.tx, key, image_shape, config.model.context_length)
 

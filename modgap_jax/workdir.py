@@ -44,7 +44,10 @@ RESUMABLE_CHANGES = (
 ADDED_FIELDS = {
   "nonfinite": "stop",
   "tensorboard": True,
+  "init_from": "",
+  "pretrained_config": "",
   "dataset": {
+    "vocab_file": "",
     "num_workers": -1,
     "path": "",
     "store_size": 256,

@@ -109,3 +109,24 @@ def test_smoke_peer_has_our_parameter_count_and_steps():
   assert contender.num_params == ours == 2_040_089
   for run in (contender.step, contender.image, contender.text):
     run(1)
+
+
+def test_smoke_embed_mode_times_ours_on_random_weights_of_the_models_shapes(monkeypatch, capsys):
+  """--mode=embed with the tiny ViT of tests/fixtures/pretrained/ in place of ViT-B/32 (too
+  large for a test), ours alone; the NumPy-drawn variables have exactly the model's shapes."""
+  import os
+
+  from flax import traverse_util
+
+  from modgap_jax import pretrained
+
+  fixture = os.path.join(os.path.dirname(__file__), "fixtures", "pretrained", "vit_gelu")
+  monkeypatch.setattr(benchmark, "EMBED_CONFIG", fixture)
+  model_cfg, _ = pretrained.to_model_config(fixture)
+  variables = benchmark.embed_variables(model_cfg)
+  flat = {path: v.shape for path, v in traverse_util.flatten_dict(variables).items()}
+  assert flat.pop(("params", "temperature", "nu")) == ()
+  assert flat == pretrained.layout.variable_shapes(model_cfg)
+  medians = benchmark.run_embed(batch_size=4, steps=1, peer=False)
+  [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("float32 embed: ours ")]
+  assert "ms/batch" in line and "images/s" in line and "open_clip" not in line and set(medians) == {"ours"}

@@ -57,7 +57,12 @@ def embed_run(run_dir: str) -> dict[str, Any]:
   run = run_setup.setup_run(run_setup.read_run_config(run_dir), run_dir)
   variables = restore_variables(run_dir)
   nu = variables["params"]["temperature"]["nu"]
-  variables = flax.jax_utils.replicate(variables)
+  return {**embed_split(run, flax.jax_utils.replicate(variables)), "run_beta": float(run.spec.reparam.beta(nu))}
+
+
+def embed_split(run, variables) -> dict[str, Any]:
+  """The ``load_npz`` keys of a set-up run's eval split, embedded with replicated ``variables``
+  by the run's evaluator (labels and class prompts when the run's dataset has them)."""
   evaluator = run.evaluator
   image_emb, labels = evaluator.embed_images(variables, run.eval_split)
   text_emb, text_to_image = evaluator.embed_texts(variables, run.eval_split)
@@ -68,7 +73,6 @@ def embed_run(run_dir: str) -> dict[str, Any]:
     "labels": None if evaluator.label_key is None else np.asarray(labels[evaluator.label_key]),
     "class_text_emb": evaluator.class_embeddings(variables),
     "ignored_keys": [],
-    "run_beta": float(run.spec.reparam.beta(nu)),
   }
 
 
