@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from configs import scenes as scenes_regime
-from modgap_jax import checkpoint, data_modes, run_setup, train
+from modgap_jax import data_modes, run_setup, train
 from modgap_jax.data import scenes
 from modgap_jax.errors import ConfigError
+from tests.test_train import check_killed_run_resumes_exactly, shrink
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,21 +20,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tiny_scenes_config(method="baseline", **overrides):
   """configs/scenes.py shrunk: 16 px scenes, a two-stage ResNet, a one-block text tower."""
   config = scenes_regime.get_config(method)
-  m = config.model
-  m.image_size, m.embed_dim, m.context_length = 16, 16, 24
-  m.resnet.layers, m.resnet.width, m.resnet.heads = (1, 1), 8, 2
-  m.text.width, m.text.depth, m.text.heads = 16, 1, 2
-  config.batch_size = 32
-  config.num_steps = 6
-  config.log_every = 1
-  config.eval_every = 3
-  config.checkpoint_every = 3
-  config.eval.probe_steps = 20
   config.dataset.scenes.num_test = 64
   config.dataset.scenes.num_probe = 64
-  config.progress_bar = False
-  config.update_from_flattened_dict(overrides)
-  return config
+  return shrink(config, image_size=16, batch_size=32, overrides=overrides)
 
 
 def test_setup_run_picks_the_scenes_mode_and_renders_its_splits():
@@ -87,28 +76,8 @@ def _read(workdir):
 def test_resumed_scenes_run_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
   """The unbounded stream, two steps per dispatch (the pool's indices are tested in test_scenes)."""
   config = tiny_scenes_config(**{"eval_every": 100, "eval.linear_probe": False, "steps_per_dispatch": 2})
-  straight = str(tmp_path / "straight")
-  train.train_and_evaluate(config, straight)
-
-  resumed = str(tmp_path / "resumed")
-  original_is_due = checkpoint.Checkpointer.is_due
-
-  def is_due_or_die(self, step):
-    if step > 3:
-      raise KeyboardInterrupt("simulated kill")
-    return original_is_due(self, step)
-
-  monkeypatch.setattr(checkpoint.Checkpointer, "is_due", is_due_or_die)
-  with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(config, resumed)
-  monkeypatch.undo()
-  assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["3"]
-  train.train_and_evaluate(config, resumed)
-  a, b = _read(straight), _read(resumed)
-  assert [(r["step"], r["split"]) for r in a] == [(r["step"], r["split"]) for r in b]
-  for ra, rb in zip(a, b):
-    assert ra["loss"] == rb["loss"], ra["step"]  # bit-exact: the same scenes at every step
-  assert a[0]["loss"] != a[1]["loss"]
+  log = check_killed_run_resumes_exactly(config, tmp_path, monkeypatch)
+  assert log[0]["loss"] != log[1]["loss"]  # fresh scenes at every step
 
 
 def test_scenes_run_through_the_entry_point_reports_zero_shot_on_shapes(tmp_path):

@@ -17,18 +17,15 @@ from modgap_jax.errors import ConfigError
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def digits_config(**overrides):
-  """configs/default.py shrunk to 8×8 digits, a two-stage ResNet and a tiny text tower."""
-  config = default.get_config()
-  config.dataset.name = "digits_captions"
-  config.dataset.zero_shot_label = "label"
+def shrink(config, *, image_size: int, batch_size: int, overrides):
+  """A config cut down for tests: a two-stage ResNet, a one-block text tower, 6 steps, an
+  eval and a checkpoint every 3; then ``overrides`` (dotted field → value)."""
   m = config.model
-  m.image_size, m.embed_dim, m.context_length = 8, 16, 24
+  m.image_size, m.embed_dim, m.context_length = image_size, 16, 24
   m.resnet.layers, m.resnet.width, m.resnet.heads = (1, 1), 8, 2
   m.text.width, m.text.depth, m.text.heads = 16, 1, 2
-  config.batch_size = 64
+  config.batch_size = batch_size
   config.num_steps = 6
-  config.optimizer.warmup_epochs = 0.1
   config.log_every = 1
   config.eval_every = 3
   config.checkpoint_every = 3
@@ -36,6 +33,15 @@ def digits_config(**overrides):
   config.progress_bar = False
   config.update_from_flattened_dict(overrides)
   return config
+
+
+def digits_config(**overrides):
+  """configs/default.py shrunk to 8×8 digits, a two-stage ResNet and a tiny text tower."""
+  config = default.get_config()
+  config.dataset.name = "digits_captions"
+  config.dataset.zero_shot_label = "label"
+  config.optimizer.warmup_epochs = 0.1
+  return shrink(config, image_size=8, batch_size=64, overrides=overrides)
 
 
 def random_batch(rng, num_devices, global_batch, image_size, context_length):
@@ -253,8 +259,9 @@ def test_scanned_steps_equal_single_steps():
   ],
   ids=["resident", "resident-k2-augment", "streamed-k3"],
 )
-def test_resumed_run_reproduces_uninterrupted_run(tmp_path, digits_dir, monkeypatch, overrides):
-  config = digits_config(**{"dataset.data_dir": digits_dir, "eval_every": 100, "eval.linear_probe": False, **overrides})
+def check_killed_run_resumes_exactly(config, tmp_path, monkeypatch) -> list[dict]:
+  """Trains ``config`` straight, and again killed just after its step-3 checkpoint and then
+  resumed; asserts both logs are bit-equal and returns the straight run's log."""
   straight = str(tmp_path / "straight")
   train.train_and_evaluate(config, straight)
 
@@ -286,6 +293,12 @@ def test_resumed_run_reproduces_uninterrupted_run(tmp_path, digits_dir, monkeypa
   for ra, rb in zip(a, b):
     assert ra["loss"] == rb["loss"], ra["step"]  # bit-exact: same data, same RNG, same state
     assert ra["tau"] == rb["tau"]
+  return a
+
+
+def test_resumed_run_reproduces_uninterrupted_run(tmp_path, digits_dir, monkeypatch, overrides):
+  config = digits_config(**{"dataset.data_dir": digits_dir, "eval_every": 100, "eval.linear_probe": False, **overrides})
+  check_killed_run_resumes_exactly(config, tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 
 from modgap_jax import run_io  # noqa: E402
+from modgap_jax.plots.training import plot_panels  # noqa: E402
 
 
 def _point(cell: dict[str, Any], key: str) -> tuple[float, float]:
@@ -169,19 +170,16 @@ def plot_imbalance(cells: list[dict[str, Any]], path: str) -> None:
   for c in cells:
     detail, _, method = c["cell"].partition(",")
     methods.setdefault(method, []).append((float(detail.removeprefix("detail=")), c))
-  fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-  for ax, key, label in zip(axes, ("tau", "gap", "i2t_r1"), ("final τ", "modality gap Δ", "text retrieval R@1")):
+
+  def draw(ax, key):
     for method, entries in sorted(methods.items()):
       entries.sort(key=lambda e: e[0])
       points = [(d, *_point(c, key)) for d, c in entries]
       x, y, err = (np.asarray(v, np.float64) for v in zip(*points))
       ax.errorbar(x, y, yerr=err, marker="o", capsize=3, lw=1.2, label=method)
-    ax.set_xlabel("caption detail (P[attribute named])")
-    ax.set_title(label)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  fig.tight_layout()
-  _save(fig, path)
+
+  panels = (("tau", "final τ"), ("gap", "modality gap Δ"), ("i2t_r1", "text retrieval R@1"))
+  plot_panels(panels, "caption detail (P[attribute named])", draw, path)
 
 
 def plot_fig4b(results: dict[str, Any], path: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import matplotlib
@@ -25,20 +25,29 @@ def _series(records: Sequence[dict[str, Any]], split: str, key: str) -> tuple[np
   return np.asarray(steps), np.asarray(values, dtype=float)
 
 
-def plot_curves(records: Sequence[dict[str, Any]], path: str) -> None:
-  """Loss, τ and the modality gap Δ against the step, for the train and eval splits."""
-  fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-  for ax, key, label in zip(axes, ("loss", "tau", "gap"), ("CLIP loss", "temperature τ", "modality gap Δ")):
-    for split, style in (("train", "-"), ("eval", "o-")):
-      steps, values = _series(records, split, key)
-      if len(steps):
-        ax.plot(steps, values, style, ms=3, lw=1.2, label=split)
-    ax.set_xlabel("step")
-    ax.set_title(label)
+def plot_panels(panels: Sequence[tuple[str, str]], xlabel: str, draw: Callable[[Any, str], None], path: str) -> None:
+  """One row of panels, one per (key, title): ``draw(ax, key)`` draws its lines, labelled."""
+  fig, axes = plt.subplots(1, len(panels), figsize=(13, 3.6))
+  for ax, (key, title) in zip(np.atleast_1d(axes), panels):
+    draw(ax, key)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   fig.tight_layout()
   _save(fig, path)
+
+
+def plot_curves(records: Sequence[dict[str, Any]], path: str) -> None:
+  """Loss, τ and the modality gap Δ against the step, for the train and eval splits."""
+
+  def draw(ax, key):
+    for split, style in (("train", "-"), ("eval", "o-")):
+      steps, values = _series(records, split, key)
+      if len(steps):
+        ax.plot(steps, values, style, ms=3, lw=1.2, label=split)
+
+  plot_panels((("loss", "CLIP loss"), ("tau", "temperature τ"), ("gap", "modality gap Δ")), "step", draw, path)
 
 
 def pca_2d(*sets: np.ndarray) -> list[np.ndarray]:
