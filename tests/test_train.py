@@ -250,15 +250,6 @@ def test_scanned_steps_equal_single_steps():
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize(
-  "overrides",
-  [
-    {},  # the device-resident split, one step per dispatch
-    {"steps_per_dispatch": 2, "dataset.mismatch_fraction": 0.3, "dataset.augment_min_scale": 0.5},
-    {"steps_per_dispatch": 3, "dataset.on_device": "no"},  # host batches, scanned
-  ],
-  ids=["resident", "resident-k2-augment", "streamed-k3"],
-)
 def check_killed_run_resumes_exactly(config, tmp_path, monkeypatch) -> list[dict]:
   """Trains ``config`` straight, and again killed just after its step-3 checkpoint and then
   resumed; asserts both logs are bit-equal and returns the straight run's log."""
@@ -296,6 +287,15 @@ def check_killed_run_resumes_exactly(config, tmp_path, monkeypatch) -> list[dict
   return a
 
 
+@pytest.mark.parametrize(
+  "overrides",
+  [
+    {},  # the device-resident split, one step per dispatch
+    {"steps_per_dispatch": 2, "dataset.mismatch_fraction": 0.3, "dataset.augment_min_scale": 0.5},
+    {"steps_per_dispatch": 3, "dataset.on_device": "no"},  # host batches, scanned
+  ],
+  ids=["resident", "resident-k2-augment", "streamed-k3"],
+)
 def test_resumed_run_reproduces_uninterrupted_run(tmp_path, digits_dir, monkeypatch, overrides):
   config = digits_config(**{"dataset.data_dir": digits_dir, "eval_every": 100, "eval.linear_probe": False, **overrides})
   check_killed_run_resumes_exactly(config, tmp_path, monkeypatch)
