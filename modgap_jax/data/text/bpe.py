@@ -437,11 +437,7 @@ class CLIPTokenizer(BPETokenizer):
 
     return base.read_json(text, _JSON_KIND_CLIP, _JSON_VERSION, 'CLIP BPE JSON', build)
 
-  def __eq__(self, other) -> bool:
-    return type(other) is type(self) and self.clip_merges == other.clip_merges
-
-  def __hash__(self) -> int:
-    return hash(self.clip_merges)
+  # Equality and hashing are BPETokenizer's: the engine's merges and CLIP's determine each other.
 
   def __repr__(self) -> str:
     return f'CLIPTokenizer(vocab_size={self.vocab_size})'
