@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from modgap_jax.errors import ConfigError
+from modgap_jax.models.text import attention
 
 Dtype = Any
 NORMS = ('batch', 'group')
@@ -254,16 +255,7 @@ class AttentionPool2d(nn.Module):
     x = jnp.concatenate([mean, x], axis=1)
     pos = self.param('positional_embedding', nn.initializers.normal(c**-0.5), (self.num_tokens, c), jnp.float32)
     x = x + pos.astype(x.dtype)
-    out = nn.MultiHeadDotProductAttention(
-      num_heads=self.heads,
-      qkv_features=c,
-      out_features=self.output_dim,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
-      kernel_init=nn.initializers.normal(c**-0.5),
-      force_fp32_for_softmax=True,
-      name='attn',
-    )(x[:, :1], x)
+    out = attention(self.heads, c, self.output_dim, self.dtype, c**-0.5)(x[:, :1], x)
     return out[:, 0]
 
 

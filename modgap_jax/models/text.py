@@ -1,4 +1,4 @@
-"""CLIP's text Transformer, and the pre-LN Transformer both towers share (MATH.md §5.1).
+"""CLIP's text Transformer, the pre-LN Transformer both towers share, and the layers every tower builds (MATH.md §5.1).
 
 The text tower embeds tokens, adds a learned positional embedding, runs a causally masked
 pre-LN Transformer, applies a final LayerNorm and reads the feature at the end-of-text token.
@@ -44,6 +44,39 @@ def layer_norm(name: str) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=jnp.float32, use_fast_variance=False, name=name)
 
 
+def dense(features: int, std: float, dtype: Dtype, name: str, use_bias: bool = True) -> nn.Dense:
+  """A Dense layer with float32 parameters and kernel ~ N(0, std²), computing in ``dtype``."""
+  return nn.Dense(
+    features,
+    use_bias=use_bias,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=nn.initializers.normal(std),
+    name=name,
+  )
+
+
+def attention(
+  heads: int, features: int, out_features: int, dtype: Dtype, std: float, out_std: float | None = None
+) -> nn.MultiHeadDotProductAttention:
+  """Multi-head attention named ``attn``, with float32 parameters and softmax.
+
+  The query, key and value kernels ~ N(0, std²), the output kernel ~ N(0, out_std²)
+  (``out_std=None``: std as well); compute runs in ``dtype``.
+  """
+  return nn.MultiHeadDotProductAttention(
+    num_heads=heads,
+    qkv_features=features,
+    out_features=out_features,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=nn.initializers.normal(std),
+    out_kernel_init=None if out_std is None else nn.initializers.normal(out_std),
+    force_fp32_for_softmax=True,
+    name='attn',
+  )
+
+
 class MlpBlock(nn.Module):
   """Width → 4·width → width, with QuickGELU (or, with ``quick_gelu=False``, the exact GELU) between."""
 
@@ -55,21 +88,9 @@ class MlpBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = nn.Dense(
-      4 * self.width,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
-      kernel_init=nn.initializers.normal(self.fc_std),
-      name='fc',
-    )(x)
+    x = dense(4 * self.width, self.fc_std, self.dtype, 'fc')(x)
     x = quick_gelu(x) if self.quick_gelu else gelu(x)
-    return nn.Dense(
-      self.width,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
-      kernel_init=nn.initializers.normal(self.proj_std),
-      name='proj',
-    )(x)
+    return dense(self.width, self.proj_std, self.dtype, 'proj')(x)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -97,17 +118,7 @@ class ResidualAttentionBlock(nn.Module):
       x, y = (jnp.take_along_axis(a, query_index[:, None, None], axis=1) for a in (x, y))
       if mask is not None:  # [n, 1, L, L] → the query's row [n, 1, 1, L]
         mask = jnp.take_along_axis(mask, query_index[:, None, None, None], axis=2)
-    y = nn.MultiHeadDotProductAttention(
-      num_heads=self.heads,
-      qkv_features=self.width,
-      out_features=self.width,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
-      kernel_init=nn.initializers.normal(self.attn_std),
-      out_kernel_init=nn.initializers.normal(self.proj_std),
-      force_fp32_for_softmax=True,
-      name='attn',
-    )(y, keys, mask=mask)
+    y = attention(self.heads, self.width, self.width, self.dtype, self.attn_std, self.proj_std)(y, keys, mask=mask)
     x = x + y.astype(x.dtype)
     y = MlpBlock(self.width, self.fc_std, self.proj_std, self.dtype, self.quick_gelu, name='mlp')(layer_norm('ln_2')(x))
     return x + y.astype(x.dtype)
@@ -197,11 +208,4 @@ class TextTransformer(nn.Module):
       # Only the EOT feature is read out, so the last block computes that row alone.
       x = layer_norm('ln_final')(transformer(x, mask, output_index=eot))
     x = x[:, 0]
-    return nn.Dense(
-      self.output_dim,
-      use_bias=False,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
-      kernel_init=nn.initializers.normal(self.width**-0.5),
-      name='projection',
-    )(x)
+    return dense(self.output_dim, self.width**-0.5, self.dtype, 'projection', use_bias=False)(x)

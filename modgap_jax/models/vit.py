@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from modgap_jax.errors import ConfigError
-from modgap_jax.models.text import Transformer, layer_norm
+from modgap_jax.models.text import Transformer, dense, layer_norm
 
 Dtype = Any
 
@@ -70,11 +70,4 @@ class VisionTransformer(nn.Module):
       x, output_index=jnp.zeros((n,), jnp.int32)
     )
     x = layer_norm('ln_post')(x[:, 0])
-    return nn.Dense(
-      self.output_dim,
-      use_bias=False,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
-      kernel_init=nn.initializers.normal(scale),
-      name='projection',
-    )(x)
+    return dense(self.output_dim, scale, self.dtype, 'projection', use_bias=False)(x)

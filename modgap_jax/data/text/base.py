@@ -18,14 +18,17 @@ can build on it without importing the other.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Protocol
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from modgap_jax.errors import ConfigError
 
 PAD_ID = 0
+
+T = TypeVar("T")
 
 
 class Tokenizer(Protocol):
@@ -48,6 +51,28 @@ class Tokenizer(Protocol):
 
   def to_json(self) -> str:
     """A JSON string that ``text.from_json`` turns back into an equal tokenizer."""
+
+
+def read_json(text: str, kind: str, version: int, label: str, build: Callable[[dict[str, Any]], T]) -> T:
+  """``build(spec)`` for the JSON object ``spec`` in ``text``, once its kind and version match.
+
+  Every tokenizer's ``from_json`` reads its ``to_json`` this way. Text that is not JSON, not
+  an object, of another kind or version, or whose fields ``build`` trips over (a missing key,
+  a wrong type) raises a one-line ConfigError naming ``label``; a ConfigError that ``build``
+  raises passes through as it is.
+  """
+  try:
+    spec = json.loads(text)
+    if spec.get("kind") != kind or spec.get("version") != version:
+      raise ConfigError(
+        f"{label} has kind={spec.get('kind')!r}, version={spec.get('version')!r}; "
+        f"expected kind={kind!r}, version={version}"
+      )
+    return build(spec)
+  except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as error:
+    if isinstance(error, ConfigError):
+      raise
+    raise ConfigError(f"{label} is malformed: {error!r}") from None
 
 
 def normalize(text: str) -> str:

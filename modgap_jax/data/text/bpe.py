@@ -278,24 +278,17 @@ class BPETokenizer:
   @classmethod
   def from_json(cls, text: str) -> BPETokenizer:
     """Rebuilds a tokenizer from :meth:`to_json`; a one-line ConfigError if it is not one."""
-    try:
-      spec = json.loads(text)
-      if spec.get("kind") != _JSON_KIND or spec.get("version") != _JSON_VERSION:
-        raise ConfigError(
-          f"BPE JSON has kind={spec.get('kind')!r}, version={spec.get('version')!r}; "
-          f"expected kind={_JSON_KIND!r}, version={_JSON_VERSION}"
-        )
+
+    def build(spec: dict) -> BPETokenizer:
       result = cls((a, b) for a, b in spec["merges"])
-    except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as error:
-      if isinstance(error, ConfigError):
-        raise
-      raise ConfigError(f"BPE JSON is malformed: {error!r}") from None
-    if spec.get("vocab_size", result.vocab_size) != result.vocab_size:
-      raise ConfigError(
-        f"BPE JSON vocab_size={spec['vocab_size']} disagrees with its "
-        f"{len(result.merges)} merges ({result.vocab_size} ids)"
-      )
-    return result
+      if spec.get("vocab_size", result.vocab_size) != result.vocab_size:
+        raise ConfigError(
+          f"BPE JSON vocab_size={spec['vocab_size']} disagrees with its "
+          f"{len(result.merges)} merges ({result.vocab_size} ids)"
+        )
+      return result
+
+    return base.read_json(text, _JSON_KIND, _JSON_VERSION, "BPE JSON", build)
 
   def __eq__(self, other) -> bool:
     return type(other) is type(self) and self.merges == other.merges
@@ -438,22 +431,13 @@ class CLIPTokenizer(BPETokenizer):
   @classmethod
   def from_json(cls, text: str) -> CLIPTokenizer:
     """Rebuilds a tokenizer from :meth:`to_json`; a one-line ConfigError if it is not one."""
-    try:
-      spec = json.loads(text)
-      if spec.get('kind') != _JSON_KIND_CLIP or spec.get('version') != _JSON_VERSION:
-        raise ConfigError(
-          f'CLIP BPE JSON has kind={spec.get("kind")!r}, version={spec.get("version")!r}; '
-          f'expected kind={_JSON_KIND_CLIP!r}, version={_JSON_VERSION}'
-        )
+
+    def build(spec: dict) -> CLIPTokenizer:
       return cls(_parse_merge(line, k + 1) for k, line in enumerate(spec['merges']))
-    except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as error:
-      raise ConfigError(f'CLIP BPE JSON is malformed: {error!r}') from None
 
-  def __eq__(self, other) -> bool:
-    return type(other) is type(self) and self.clip_merges == other.clip_merges
+    return base.read_json(text, _JSON_KIND_CLIP, _JSON_VERSION, 'CLIP BPE JSON', build)
 
-  def __hash__(self) -> int:
-    return hash(self.clip_merges)
+  # Equality and hashing are BPETokenizer's: the engine's merges and CLIP's determine each other.
 
   def __repr__(self) -> str:
     return f'CLIPTokenizer(vocab_size={self.vocab_size})'

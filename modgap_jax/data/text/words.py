@@ -128,19 +128,15 @@ class WordTokenizer:
   @classmethod
   def from_json(cls, text: str) -> WordTokenizer:
     """Rebuilds a tokenizer from :meth:`to_json`; a one-line ConfigError if it is not one."""
-    try:
-      spec = json.loads(text)
-      if spec.get("kind") != _JSON_KIND or spec.get("version") != _JSON_VERSION:
-        raise ConfigError(
-          f"words JSON has kind={spec.get('kind')!r}, version={spec.get('version')!r}; "
-          f"expected kind={_JSON_KIND!r}, version={_JSON_VERSION}"
-        )
+
+    def word_list(spec: dict) -> list:
       words = spec["words"]
       if not isinstance(words, list):
         raise ConfigError(f"words JSON 'words' is a {type(words).__name__}, not a list")
-    except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as error:
-      raise ConfigError(f"words JSON is malformed: {error!r}") from None
-    return cls(words)
+      return words
+
+    # The constructor runs outside read_json, so its errors reach the caller as they are.
+    return cls(base.read_json(text, _JSON_KIND, _JSON_VERSION, "words JSON", word_list))
 
   def __eq__(self, other) -> bool:
     return isinstance(other, WordTokenizer) and self.words == other.words
