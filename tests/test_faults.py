@@ -402,7 +402,8 @@ BAD_INPUTS = [
   ),
   ((D, *COCO, "--config.dataset.eval_split=val", "--config.dataset.on_device=yes"), "needs an in-memory split", FILES),
   ((D, *COCO, "--config.dataset.eval_split=val", "--config.dataset.augment_min_scale=0.5"), "on-device split", FILES),
-  ((D, *COCO), "split='test' of dataset='coco_raw' is empty", FILES),
+  # Named explicitly: without Karpathy's file, only the default ('' -> val) falls back.
+  ((D, *COCO, "--config.dataset.eval_split=test"), "split='test' of dataset='coco_raw' is empty", FILES),
   ((D, *FOLDER), "exceeds the", FILES),
   ((D, "--config.dataset.name=image_text_folder"), "dataset.path is empty", FILES),
 ]
