@@ -203,7 +203,7 @@ def test_bad_study_and_override_are_config_errors(tmp_path, digits_dir):
     timeout=120,
   )
   assert done.returncode == 2 and done.stderr.strip().splitlines() == [
-    "error: study='table9' is not valid; choose one of 'table2', 'table3', 'fig4a', 'fig4b'"
+    "error: study='table9' is not valid; choose one of 'table2', 'table3', 'fig4a', 'fig4b', 'imbalance'"
   ]
 
 
@@ -279,3 +279,36 @@ def test_fig4b_stops_on_sigterm_and_resumes_exactly(tmp_path, fig4b_run, monkeyp
   else:
     assert not os.path.exists(os.path.join(workdir, "results.json"))
   assert study.run_study(config, workdir) == straight
+
+
+def test_scenes_studies_take_the_scenes_regime_and_its_cells():
+  table2 = study_config.get_config("table2,scenes")
+  assert table2.base_config == "configs/scenes.py"
+  # HS keeps the paper's 11.5 expected swapped steps over the regime's 3 000 steps.
+  assert table2.cells[5] == "hs=0.00383" and 0.00383 * 3000 == pytest.approx(11.5, abs=0.01)
+  assert study_config.get_config("fig4a,scenes").base_overrides.to_dict() == {"eval_every": 100}
+  imbalance = study_config.get_config("imbalance")
+  assert imbalance.base_config == "configs/scenes.py"
+  cells = study.resolve_cells(imbalance)
+  assert [c.name for c in cells][:2] == ["detail=1,baseline", "detail=1,flt=0.04"] and len(cells) == 8
+  for cell in cells:
+    detail, _, method = cell.name.partition(",")
+    assert cell.config.dataset.scenes.caption_detail == float(detail.removeprefix("detail="))
+    assert cell.config.temperature.mode == ("learned" if method == "baseline" else "fixed")
+  with pytest.raises(ConfigError, match="imbalance"):
+    study_config.get_config("imbalance,twemoji")
+  with pytest.raises(ConfigError, match="study regime"):
+    study_config.get_config("table2,coco")
+
+
+def test_imbalance_table_lists_every_cell_with_its_metrics():
+  from modgap_jax.study import tables
+
+  def entry(cell, tau, gap):
+    metric = lambda v: {"mean": v, "std": 0.0, "values": [v]}
+    keys = ("i2t_r1", "t2i_r1", "zeroshot_top1", "linear_probe_top1")
+    return {"cell": cell, "metrics": {"tau": metric(tau), "gap": metric(gap), **{k: metric(0.5) for k in keys}}}
+
+  lines = tables.render_imbalance([entry("detail=0.5,baseline", 0.0123, 0.2), entry("detail=0.5,flt=0.04", 0.04, 0.05)])
+  assert lines[2] == "| 0.5 | baseline | 0.012 | 0.200 | 50.00 | 50.00 | 50.00 | 50.00 |"
+  assert lines[3].startswith("| 0.5 | flt=0.04 | 0.040 | 0.050 |")
