@@ -4,18 +4,28 @@
 #
 #   nohup bash experiments/scenes_studies.sh > scenes_studies.log 2>&1 &
 #
-# Pass 1 trains seed 0 of every cell of every study, pass 2 adds seeds 1 and 2, so a study
-# stopped early still covers every cell. Outputs: experiments/results/scenes/<study>/.
+# Order, so that a study stopped early has the most to say: seed 0 of every Table 2 cell;
+# seeds 1-2 of the cells whose targets need a seed spread (baseline, FLT tau = 0.04, TS S3);
+# seeds 1-2 of the other Table 2 cells; then seed 0 and seeds 1-2 of Table 3, Fig. 4a and
+# the imbalance sweep; Fig. 4b last. Outputs: experiments/results/scenes/<study>/.
 set -u
 cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
 stopped=0
 trap 'stopped=1' TERM INT
+
+study() {  # study <name> <seeds> [cells flag]
+  [ "$stopped" = 1 ] && exit 0
+  "$python" -m experiments.main --config "configs/study.py:$1,scenes" --config.seeds=$2 "${@:3}" \
+    --config.progress_bar=False --workdir "experiments/results/scenes/$1" || exit $?
+}
+
+study table2 1
+study table2 3 "--config.cells=('baseline','flt=0.04','ts=S3')"
+study table2 3
 for seeds in 1 3; do
-  for study in table2 table3 fig4a imbalance; do
-    [ "$stopped" = 1 ] && exit 0
-    "$python" -m experiments.main --config "configs/study.py:$study,scenes" --config.seeds=$seeds \
-      --config.progress_bar=False --workdir "experiments/results/scenes/$study" || exit $?
+  for name in table3 fig4a imbalance; do
+    study "$name" $seeds
   done
 done
 [ "$stopped" = 1 ] && exit 0
