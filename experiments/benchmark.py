@@ -85,7 +85,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from configs import default  # noqa: E402
-from modgap_jax import metrics, models, numerics, pretrained, run_setup, train_step  # noqa: E402
+from modgap_jax import data, metrics, models, numerics, pretrained, run_setup, train_step  # noqa: E402
 from modgap_jax.data import scenes  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -594,18 +594,17 @@ def scenes_generator(config, batch_size: int) -> Callable[[int], None]:
   """n batches of the scenes world (default world, the model's image size), jitted, each
   device drawing its share under pmap as the scenes data mode does inside the step."""
   world = scenes.SceneWorld(image_size=config.model.image_size)
-  draw = functools.partial(
-    scenes.device_batch,
-    world,
-    0,
-    global_batch_size=batch_size,
-    mean=tuple(config.dataset.mean),
-    std=tuple(config.dataset.std),
-    context_length=config.model.context_length,
-    axis_name=train_step.AXIS,
-  )
   devices = jax.local_device_count()
-  p_draw = jax.pmap(draw, axis_name=train_step.AXIS)
+  stream = data.TrainStream(
+    global_batch_size=batch_size,
+    num_devices=devices,
+    image_size=config.model.image_size,
+    context_length=config.model.context_length,
+    seed=0,
+    mean=config.dataset.mean,
+    std=config.dataset.std,
+  )
+  p_draw = jax.pmap(scenes.stream_draw(world, stream, axis_name=train_step.AXIS), axis_name=train_step.AXIS)
   steps = np.zeros(devices, np.int32)
 
   def generate(n):

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import functools
 import os
 from typing import Any
 
@@ -185,16 +184,7 @@ class ScenesMode(DataMode):
     num_train = scenes.check_num_train(config.dataset.scenes.num_train, stream.global_batch_size)
     self.examples_per_epoch = num_train or int(config.dataset.scenes.epoch_size)
     self._config, self._stream = config, stream
-    self._draw = functools.partial(
-      _scenes_draw,
-      world=world,
-      seed=stream.seed,
-      global_batch_size=stream.global_batch_size,
-      mean=tuple(stream.mean),
-      std=tuple(stream.std),
-      context_length=stream.context_length,
-      num_train=num_train,
-    )
+    self._draw = scenes.stream_draw(world, stream, num_train=num_train, axis_name=train_step_lib.AXIS)
 
   def start(self, training: Training, start_step: int) -> None:
     del start_step  # the step reads it from the state
@@ -204,10 +194,6 @@ class ScenesMode(DataMode):
 
   def run(self, num_steps, p_state):
     return self._steps.run(num_steps, p_state)
-
-
-def _scenes_draw(step, *, world, seed, **kwargs):
-  return scenes.device_batch(world, seed, step, axis_name=train_step_lib.AXIS, **kwargs)
 
 
 def check_generated_options(config: ml_collections.ConfigDict) -> None:

@@ -130,3 +130,9 @@ def test_smoke_embed_mode_times_ours_on_random_weights_of_the_models_shapes(monk
   medians = benchmark.run_embed(batch_size=4, steps=1, peer=False)
   [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("float32 embed: ours ")]
   assert "ms/batch" in line and "images/s" in line and "open_clip" not in line and set(medians) == {"ours"}
+
+
+def test_smoke_scenes_generator_draws_each_devices_share_of_the_default_world():
+  config = small_config("tiny")
+  config.model.image_size = 16
+  benchmark.scenes_generator(config, batch_size=8)(2)  # pmapped over the 4 emulated devices

@@ -17,7 +17,7 @@ from modgap_jax import checkpoint, study, train, train_step
 from modgap_jax import workdir as workdir_lib
 from modgap_jax.data import resident
 from modgap_jax.errors import ConfigError, NonFiniteError, Preempted, check_number, check_range
-from tests.test_train import REPO, digits_config
+from tests.test_train import REPO, digits_config, train_uninterrupted
 
 BAD_STEP = 4  # the injected fault hits the step that starts from state.step == 4, i.e. step 5
 
@@ -29,9 +29,7 @@ def small_config(digits_dir, **overrides):
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, digits_dir):
   """An uninterrupted 6-step run of small_config, for the interrupted ones to match."""
-  workdir = str(tmp_path_factory.mktemp("straight"))
-  train.train_and_evaluate(small_config(digits_dir), workdir)
-  return workdir
+  return train_uninterrupted(tmp_path_factory, small_config(digits_dir))
 
 
 def read_log(workdir):

@@ -1,5 +1,6 @@
 """The scenes world as a run's data mode: through the run setup, the trainer and the entry point."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -109,3 +110,21 @@ def test_scenes_run_through_the_entry_point_reports_zero_shot_on_shapes(tmp_path
   final = [r for r in _read(workdir) if r["split"] == "eval"][-1]
   assert 0.0 <= final["zeroshot_top1"] <= 1.0 and abs(final["tau"] - 0.04) < 1e-6
   assert "eval `test`" in (workdir / "report.md").read_text()
+
+
+def test_fig4b_trains_on_the_scenes_the_stream_draws_at_its_first_steps():
+  from modgap_jax.study import fig4b
+
+  run = run_setup.setup_run(tiny_scenes_config(), None)
+  stream = dataclasses.replace(run.stream, num_devices=1)
+  batches = fig4b.first_batches(run, stream, 2)
+  world = scenes.world_from_config(run.config.dataset, 16)
+  size, length = stream.global_batch_size, stream.context_length
+  # Step s of the unbounded stream is 'train' scenes sB .. sB + B - 1, rendered and captioned on the host.
+  reference = scenes.make_examples(world, stream.seed, "train", 2 * size)
+  tokenizer = world.tokenizer()
+  for step, batch in enumerate(batches):
+    images, captions = reference.fetch(np.arange(step * size, (step + 1) * size), 16)
+    expected = (images / np.float32(255) - np.float32(stream.mean)) / np.float32(stream.std)
+    np.testing.assert_allclose(batch["image"][0], expected, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(batch["text"][0], np.concatenate([tokenizer.encode(c[0], length) for c in captions]))

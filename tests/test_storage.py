@@ -30,7 +30,7 @@ import pytest
 from configs import default
 from modgap_jax import checkpoint, events, run_io, storage, train
 from modgap_jax.errors import StorageError
-from tests.test_train import REPO
+from tests.test_train import REPO, train_uninterrupted
 
 matplotlib.use("Agg")
 
@@ -75,20 +75,9 @@ def cli_flags(digits_dir):
 
 
 @pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory):
-  from modgap_jax import data
-
-  directory = str(tmp_path_factory.mktemp("tfds"))
-  data.prepare("digits_captions", directory)
-  return directory
-
-
-@pytest.fixture(scope="module")
 def straight(tmp_path_factory, digits_dir):
   """The uninterrupted run (in this process, on the same 4 emulated devices as the runs below)."""
-  workdir = str(tmp_path_factory.mktemp("straight"))
-  train.train_and_evaluate(config_for(digits_dir), workdir)
-  return workdir
+  return train_uninterrupted(tmp_path_factory, config_for(digits_dir))
 
 
 def read_log(workdir):

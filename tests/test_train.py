@@ -250,6 +250,13 @@ def test_scanned_steps_equal_single_steps():
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def train_uninterrupted(tmp_path_factory, config) -> str:
+  """The workdir of ``config`` trained in one go: the run that interrupted ones must match."""
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
 def check_killed_run_resumes_exactly(config, tmp_path, monkeypatch) -> list[dict]:
   """Trains ``config`` straight, and again killed just after its step-3 checkpoint and then
   resumed; asserts both logs are bit-equal and returns the straight run's log."""

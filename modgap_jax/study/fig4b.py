@@ -104,18 +104,7 @@ def first_batches(run: run_setup.Run, stream: data.TrainStream, num_steps: int) 
     host = data.train_batches(run.train_split, stream)
     return [next(host) for _ in range(num_steps)]
   world = scenes.world_from_config(config.dataset, config.model.image_size)
-  draw = jax.jit(
-    functools.partial(
-      scenes.device_batch,
-      world,
-      stream.seed,
-      global_batch_size=stream.global_batch_size,
-      mean=tuple(stream.mean),
-      std=tuple(stream.std),
-      context_length=stream.context_length,
-      num_train=int(config.dataset.scenes.num_train),
-    )
-  )
+  draw = jax.jit(scenes.stream_draw(world, stream, num_train=int(config.dataset.scenes.num_train)))
   return [jax.tree.map(lambda x: np.asarray(x)[None], draw(np.int32(step))) for step in range(num_steps)]
 
 

@@ -26,7 +26,7 @@ Typical use::
   tokenizer = world.tokenizer()                              # what the device's ids mean
 """
 
-from modgap_jax.data.scenes.batch import check_num_train, device_batch, train_indices
+from modgap_jax.data.scenes.batch import check_num_train, device_batch, stream_draw, train_indices
 from modgap_jax.data.scenes.captions import caption_strings, caption_tokens, parse_caption
 from modgap_jax.data.scenes.config import NAME, world_from_config
 from modgap_jax.data.scenes.examples import make_examples
@@ -47,6 +47,7 @@ __all__ = [
   "caption_tokens",
   "check_num_train",
   "device_batch",
+  "stream_draw",
   "draw_scenes",
   "make_examples",
   "parse_caption",

@@ -15,6 +15,9 @@ of devices, and a run resumed at step s draws exactly what an uninterrupted one 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -84,3 +87,24 @@ def device_batch(
   mean = jnp.asarray(mean, jnp.float32)
   std = jnp.asarray(std, jnp.float32)
   return {"image": (images / 255.0 - mean) / std, "text": caption_tokens(world, scenes, context_length)}
+
+
+def stream_draw(
+  world: SceneWorld, stream, *, num_train: int = 0, axis_name: str | None = None
+) -> Callable[[jax.Array], dict[str, jax.Array]]:
+  """``step -> device_batch(world, stream.seed, step, ...)``: the batches a training stream draws.
+
+  ``stream`` is a :class:`modgap_jax.data.TrainStream` (its seed, global batch size,
+  normalisation and context length are read); jit it, or pmap it with ``axis_name``.
+  """
+  return functools.partial(
+    device_batch,
+    world,
+    stream.seed,
+    global_batch_size=stream.global_batch_size,
+    mean=tuple(stream.mean),
+    std=tuple(stream.std),
+    context_length=stream.context_length,
+    num_train=num_train,
+    axis_name=axis_name,
+  )
