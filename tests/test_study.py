@@ -179,6 +179,37 @@ def test_theorem32_fit_recovers_an_exact_law_after_the_warmup():
   assert fit["points"][0][1] == pytest.approx(-1 / np.log(125) ** 2)
 
 
+def test_theorem32_fit_stops_at_the_cap_and_fits_the_capped_decay_after_it():
+  steps = np.arange(100, 3001, 100)
+  law = lambda t: 0.2 + 0.5 / np.log(t) ** 2
+  cap = 2600  # τ falls to its cap 0.01 there and stays; after it Δ decays as e^{c − r·t}
+  rate = 2e-4
+  tau = lambda t: 0.01 if t >= cap else 0.01 + 1e-5 * (cap - t)
+  gap = lambda t: law(t) if t < cap else law(cap) * np.exp(-rate * (t - cap))
+  # Two seeds whose τ straddle the cap by less than the tolerance; the mean is what counts.
+  runs = [
+    [{"split": "eval", "step": int(t), "gap": gap(t), "tau": tau(t) * (1 + sign * 1e-4)} for t in steps]
+    for sign in (-1, 1)
+  ]
+  fit = study.theorem32_fit(runs, min_step=100, tau_cap=0.01)
+  assert fit["cap_step"] == cap
+  assert [p[0] for p in fit["points"]] == list(range(200, cap, 100))
+  assert (
+    fit["r2"] == pytest.approx(1.0) and fit["slope"] == pytest.approx(-0.5) and fit["intercept"] == pytest.approx(0.2)
+  )
+  after = fit["after_cap"]
+  assert after["from_step"] == cap and [p[0] for p in after["points"]] == list(range(cap, 3001, 100))
+  assert after["rate"] == pytest.approx(rate) and after["r2"] == pytest.approx(1.0)
+  assert after["intercept"] == pytest.approx(np.log(law(cap)) + rate * cap)
+  # No cap given (a fixed τ), or one never reached: one phase, as before.
+  for tau_cap in (None, 0.005):
+    fit = study.theorem32_fit(runs, min_step=100, tau_cap=tau_cap)
+    assert fit["cap_step"] is None and fit["after_cap"] is None and len(fit["points"]) == len(steps) - 1
+  # A cap reached at the last two eval points leaves too few to fit after it.
+  late = [[r for r in run if r["step"] <= cap + 100] for run in runs]
+  assert study.theorem32_fit(late, min_step=100, tau_cap=0.01)["after_cap"] is None
+
+
 def test_bad_study_and_override_are_config_errors(tmp_path, digits_dir):
   with pytest.raises(ConfigError, match="study='table9' is not valid; choose one of 'table2', 'table3'"):
     study_config.get_config("table9")

@@ -133,7 +133,9 @@ def plot_tau_gap_over_steps(cells, histories, path):
 def plot_fig4a(results, path):
   """Δ against x = −1/log²t with the least-squares line (the paper's Fig. 4a)."""
   points = np.asarray(results["points"], np.float64).reshape(-1, 3)
-  fig, ax = plt.subplots(figsize=(4.5, 3.5))
+  after = results.get("after_cap")
+  fig, axes = plt.subplots(1, 2 if after else 1, figsize=(9.0 if after else 4.5, 3.5), squeeze=False)
+  ax = axes[0, 0]
   ax.plot(points[:, 1], points[:, 2], "o", ms=3, label=f"eval points, t > {results['fit_min_step']}")
   if results.get("r2") is not None:
     grid = np.linspace(points[:, 1].min(), points[:, 1].max(), 50)
@@ -144,9 +146,26 @@ def plot_fig4a(results, path):
       label=f"Δ = {results['intercept']:.3f} + {results['slope']:.3f}·x, R² = {results['r2']:.3f}",
     )
   ax.set(xlabel="x = −1 / log² t", ylabel="modality gap Δ", title="Theorem 3.2 on real data (Fig. 4a)")
-  ax.legend(fontsize=7)
-  ax.grid(alpha=0.3)
+  if after:
+    _plot_after_cap(axes[0, 1], after)
+  for ax in axes[0]:
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
   _save(fig, path)
+
+
+def _plot_after_cap(ax, after: dict[str, Any]) -> None:
+  """Δ against t once τ is at its cap, on a log axis, with the fit log Δ = c − r·t."""
+  points = np.asarray(after["points"], np.float64).reshape(-1, 2)
+  ax.plot(points[:, 0], points[:, 1], "o", ms=3, label=f"eval points, t ≥ {after['from_step']}")
+  ax.plot(
+    points[:, 0],
+    np.exp(after["intercept"] - after["rate"] * points[:, 0]),
+    "-",
+    label=f"log Δ = {after['intercept']:.3f} − {after['rate']:.3g}·t, R² = {after['r2']:.3f}",
+  )
+  ax.set_yscale("log")
+  ax.set(xlabel="step t", ylabel="modality gap Δ", title="after τ reaches its cap")
 
 
 def plot_study(results: dict[str, Any], histories: dict[str, list[list[dict[str, Any]]]], workdir: str) -> None:

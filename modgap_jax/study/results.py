@@ -107,7 +107,10 @@ def aggregate(
     if min_step < 0 and histories[cell.name]:  # the warm-up of the first finished seed
       first = results["cells"][0]["seeds"][0]
       min_step = read_plan(cell.run_dir(workdir, first)).warmup_steps
-    results.update(fig4a.theorem32_fit(histories[cell.name], min_step=max(min_step, 0)))
+    temperature = cell.config.temperature
+    capped = temperature.mode == "learned" and temperature.get("beta_cap") is not None
+    tau_cap = 1.0 / float(temperature.beta_cap) if capped else None
+    results.update(fig4a.theorem32_fit(histories[cell.name], min_step=max(min_step, 0), tau_cap=tau_cap))
   os.makedirs(workdir, exist_ok=True)
   run_io.write_json(os.path.join(workdir, "results.json"), results)
   run_io.write_text(os.path.join(workdir, "table.md"), tables.render_table(results))

@@ -135,6 +135,22 @@ def render_table(results: dict[str, Any]) -> str:
       f"a = {format_number(results['intercept'], 4)}. "
       "Figure: `fig4a.png`.",
     ]
+    lines += _after_cap_lines(results)
   lines += ["", "Command for one seed of each cell ({seed}, {workdir} to fill in):", ""]
   lines += [f"- `{c['cell']}`: `{c['command']}`" for c in cells]
   return "\n".join(lines) + "\n"
+
+
+def _after_cap_lines(results: dict[str, Any]) -> list[str]:
+  """Where τ reached its cap, and the capped regime's fit log Δ = c − r·t after it."""
+  if results.get("cap_step") is None:
+    return ["", "τ never reached its cap: every eval point after the warm-up is in the learned-τ phase."]
+  line = f"τ reached its cap at step {results['cap_step']}; the fit above stops before it. "
+  after = results.get("after_cap")
+  if after is None:
+    return ["", line + "Fewer than 3 eval points from there on: the capped regime is not fitted."]
+  return [
+    "",
+    line + f"After the cap, log Δ(t) = c − r·t over {len(after['points'])} eval points from step "
+    f"{after['from_step']}: r = {after['rate']:.3g} per step, R² = {format_number(after['r2'])}.",
+  ]
