@@ -6,8 +6,9 @@
 #
 # Order, so that a study stopped early has the most to say: seed 0 of every Table 2 cell;
 # seeds 1-2 of the cells whose targets need a seed spread (baseline, FLT tau = 0.04, TS S3);
-# seed 0 of Fig. 4a and Table 3; seeds 1-2 of the other Table 2 cells; seed 0 of the
-# imbalance sweep; seeds 1-2 of Table 3, Fig. 4a and the sweep; Fig. 4b last.
+# seed 0 of Fig. 4a and Table 3; Fig. 4b (one set of batches, 100 initialisations: minutes);
+# seeds 1-2 of the other Table 2 cells; seed 0 of the imbalance sweep; seeds 1-2 of Table 3,
+# Fig. 4a and the sweep.
 # Outputs: experiments/results/scenes/<study>/.
 set -u
 cd "$(dirname "$0")/.."
@@ -25,11 +26,11 @@ study table2 1
 study table2 3 "--config.cells=('baseline','flt=0.04','ts=S3')"
 study fig4a 1
 study table3 1
+[ "$stopped" = 1 ] && exit 0
+"$python" -m experiments.main --config configs/study.py:fig4b,scenes --config.progress_bar=False \
+  --workdir experiments/results/scenes/fig4b || exit $?
 study table2 3
 study imbalance 1
 for name in table3 fig4a imbalance; do
   study "$name" 3
 done
-[ "$stopped" = 1 ] && exit 0
-"$python" -m experiments.main --config configs/study.py:fig4b,scenes --config.progress_bar=False \
-  --workdir experiments/results/scenes/fig4b
